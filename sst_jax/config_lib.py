@@ -1,0 +1,153 @@
+"""The base training config every ``configs/*.py`` file starts from.
+
+Each field is documented here once; experiment files only change values.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.mode = 'train'            # 'train' | 'eval'
+  c.domains = []              # label-domain names (sst_jax.domains), in order
+  c.mode_sst = 'universal'    # 'universal' | 'dedicated'
+  c.target = ''               # dedicated mode: the target domain
+  c.init_from = ''            # workdir of a trained model to start from
+  c.seed = 0
+  c.total_steps = 1000
+  c.batch_size = 16           # global batch, split over all devices
+  c.num_devices = 0           # 0 = all visible devices
+  c.dtype = 'float32'         # compute dtype: 'float32' | 'bfloat16'
+  c.log_every = 50
+  c.eval_every = 500          # 0 = only at the end
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 2
+  c.async_checkpoints = True
+  c.transfer_guard = 'allow'  # jax_transfer_guard in the loop ('disallow')
+
+  c.model = ml_collections.ConfigDict()
+  c.model.backbone = 'resnet101'
+  c.model.width = 64
+  c.model.output_stride = 8
+  c.model.deep_stem = False
+  c.model.context_features = 512
+  c.model.decoder_features = 256
+  c.model.psp_bins = (1, 2, 3, 6)
+  c.model.edge = False
+
+  c.init = ml_collections.ConfigDict()
+  c.init.backbone = ''        # ImageNet ResNet weights (.pth/.safetensors/.npz)
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = 'sgd'        # 'sgd' | 'adamw'
+  c.optim.lr = 7e-3
+  c.optim.momentum = 0.9
+  c.optim.nesterov = False
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.weight_decay = 5e-4
+  c.optim.decay_all = False   # also decay BatchNorm scales and biases
+  c.optim.schedule = 'poly'   # 'poly' | 'cosine' | 'constant'
+  c.optim.poly_power = 0.9
+  c.optim.end_lr_factor = 0.0
+  c.optim.warmup_steps = 0
+  c.optim.warmup_init_factor = 0.1
+  c.optim.grad_clip_norm = 0.0
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.edge_weight = 1.0    # used when model.edge
+
+  c.data = ml_collections.ConfigDict()
+  c.data.data_dir = ''        # tfds data_dir of the built benchmarks
+  c.data.tfds_names = ml_collections.ConfigDict()  # domain -> tfds name
+  c.data.train_split = 'train'
+  c.data.eval_split = 'validation'
+  c.data.mix = ml_collections.ConfigDict()  # domain -> sampling weight (1.0)
+  c.data.batching = 'mixed'   # 'mixed' | 'per_domain'
+  c.data.crop_size = 473
+  c.data.scale_range = (0.75, 1.25)
+  c.data.rotation = 0.0       # max degrees
+  c.data.flip = True
+  c.data.color_jitter = 0.0
+  c.data.eval_input_size = 473
+  c.data.eval_label_size = 512  # labels are padded to this square
+  c.data.max_eval_examples = 0  # 0 = whole split
+  c.data.num_threads = 2
+  c.data.prefetch = 4
+  c.data.synthetic_size = 128
+  c.data.synthetic_seed = 0
+  c.data.synthetic_examples = ml_collections.ConfigDict()  # 'dom:split' -> n
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 16
+  c.eval.flip = False
+  c.eval.scales = (1.0,)
+  c.eval.num_vis = 4          # validation images per domain in the PNG grid
+
+  c.sst = ml_collections.ConfigDict()
+  c.sst.enabled = True
+  c.sst.dim = 256             # prototype/projection width D
+  c.sst.scales = ('context', 'decoder')  # aux features used as scales
+  c.sst.memory_momentum = 0.9
+  c.sst.mse = True
+  c.sst.mst = True
+  c.sst.prior = 'bias'        # 'bias' | 'kl' | 'none'
+  c.sst.prior_dilation = 2    # pixels, at the prior's scale
+  c.sst.prior_weight = 0.1    # weight of the KL prior loss (prior='kl')
+  c.sst.other_prototypes = 'predicted'  # 'predicted' | 'memory'
+  c.sst.mse_weight = 0.4
+  c.sst.mst_weight = 0.4
+  c.sst.cons_weight = 0.1
+  c.sst.kd_weight = 0.5
+  c.sst.kd_temperature = 2.0
+  c.sst.dedicated_other_weight = 1.0  # dedicated: mix weight of other domains
+  return c
+
+
+def apply_variant(config: ml_collections.ConfigDict,
+                  arg: str | None) -> ml_collections.ConfigDict:
+  """Applies a named ablation variant, then locks the config.
+
+  Variants: ``sst`` (default), ``baseline`` (modules and losses off),
+  ``<domain-suffix>`` e.g. ``pascal`` (that synthetic/real domain alone,
+  baseline), ``dedicated`` / ``dedicated=<domain>``, ``msa_mse``,
+  ``msa_mst``.
+  """
+  arg = arg or 'sst'
+  if arg == 'sst':
+    pass
+  elif arg == 'baseline':
+    disable_sst(config)
+  elif arg in ('msa_mse', 'msa_mst'):
+    config.sst.mst = arg == 'msa_mst'
+    config.sst.mse = arg == 'msa_mse'
+    if arg == 'msa_mse':
+      config.sst.mst_weight = 0.0
+      config.sst.cons_weight = 0.0
+    else:
+      config.sst.mse_weight = 0.0
+  elif arg.startswith('dedicated'):
+    target = arg.split('=', 1)[1] if '=' in arg else config.domains[0]
+    config.mode_sst = 'dedicated'
+    config.target = _resolve(config, target)
+  else:
+    config.domains = [_resolve(config, arg)]
+    disable_sst(config)
+  config.lock()
+  return config
+
+
+def disable_sst(config):
+  config.sst.enabled = False
+  for k in ('mse_weight', 'mst_weight', 'cons_weight', 'kd_weight'):
+    config.sst[k] = 0.0
+
+
+def _resolve(config, name: str) -> str:
+  for d in config.domains:
+    if d == name or d.endswith('_' + name):
+      return d
+  raise ValueError(f'variant names domain {name!r}, not one of '
+                   f'{list(config.domains)}')

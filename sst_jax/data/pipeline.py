@@ -1,0 +1,149 @@
+"""Per-domain streams -> mixing -> batches with domain ids (grain).
+
+Training: each domain's source is shuffled and repeated with its own seed,
+the streams are mixed with ``config.data.mix`` weights (or one domain per
+batch with ``batching='per_domain'``), augmented with a per-example RNG
+derived from the seed and the example's position, and batched. The dataset
+is random access, so a batch is a pure function of (seed, step): the
+iterator state is one integer and resuming continues exactly.
+
+Multi-host: each process reads only its own rows of every global batch.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Iterator, Sequence
+
+import grain
+import jax
+import numpy as np
+
+from sst_jax import domains as domains_lib
+from sst_jax.data import sources as sources_lib
+from sst_jax.data import transforms
+
+
+def _train_example(record, rng, *, domain, domain_index, cfg):
+  image, label = transforms.train_transform(
+      record, rng, domain, (cfg.crop_size, cfg.crop_size),
+      tuple(cfg.scale_range), cfg.rotation, cfg.flip, cfg.color_jitter)
+  return {'image': image, 'label': label,
+          'domain': np.int32(domain_index)}
+
+
+def _stack(examples: Sequence[dict]) -> dict:
+  return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+
+def train_dataset(domain_names: Sequence[str], data_cfg, global_batch: int,
+                  seed: int, process_index: int = 0,
+                  process_count: int = 1) -> grain.MapDataset:
+  """Infinite random-access dataset of this process's local batches."""
+  if global_batch % process_count:
+    raise ValueError(f'batch size {global_batch} does not split over '
+                     f'{process_count} processes')
+  local = global_batch // process_count
+  mix = dict(data_cfg.mix) if data_cfg.mix else {}
+  unknown = set(mix) - set(domain_names)
+  if unknown:
+    raise ValueError(f'config.data.mix names domains not in config.domains: '
+                     f'{sorted(unknown)}')
+  streams, weights = [], []
+  for k, name in enumerate(domain_names):
+    weight = float(mix.get(name, 1.0))
+    if weight <= 0:
+      continue
+    source = sources_lib.make_source(name, data_cfg.train_split, data_cfg)
+    if len(source) == 0:
+      raise ValueError(f'domain {name!r}: the training split is empty')
+    fn = functools.partial(_train_example,
+                           domain=domains_lib.get_domain(name),
+                           domain_index=k, cfg=data_cfg)
+    ds = (grain.MapDataset.source(source).seed(seed * 1000 + k).shuffle()
+          .repeat().random_map(fn))
+    streams.append(ds)
+    weights.append(weight)
+  if not streams:
+    raise ValueError('config.data.mix gives every domain weight 0')
+  if data_cfg.batching == 'per_domain':
+    # Graphonomy protocol: every global batch holds a single domain.
+    batched = [s.batch(global_batch, batch_fn=_stack) for s in streams]
+    mixed = grain.MapDataset.mix(batched, weights)
+    lo = process_index * local
+    return mixed.map(lambda b: {k: v[lo:lo + local] for k, v in b.items()})
+  if data_cfg.batching != 'mixed':
+    raise ValueError("config.data.batching must be 'mixed' or 'per_domain', "
+                     f'got {data_cfg.batching!r}')
+  mixed = grain.MapDataset.mix(streams, weights)
+  if process_count > 1:
+    # Row r of global batch b is element b * global_batch + r; this process
+    # owns rows [process_index * local, (process_index + 1) * local).
+    offset = process_index * local
+    mixed = grain.MapDataset.range(len(mixed) // global_batch * local).map(
+        lambda i: mixed[(i // local) * global_batch + offset + i % local])
+  return mixed.batch(local, drop_remainder=True, batch_fn=_stack)
+
+
+def train_iterator(dataset: grain.MapDataset, data_cfg,
+                   start_step: int = 0) -> Iterator[dict]:
+  """Threaded prefetching iterator starting at batch ``start_step``."""
+  it = dataset.to_iter_dataset(grain.ReadOptions(
+      num_threads=data_cfg.num_threads,
+      prefetch_buffer_size=data_cfg.prefetch)).__iter__()
+  if start_step:
+    it.set_state({'next_index': int(start_step)})
+  return it
+
+
+def _eval_example(index, record, *, domain_index, cfg):
+  out = transforms.eval_transform(record, cfg.eval_input_size,
+                                  cfg.eval_label_size)
+  out['domain'] = np.int32(domain_index)
+  out['valid'] = np.bool_(True)
+  return out
+
+
+def eval_batches(domain_name: str, domain_index: int, data_cfg,
+                 global_batch: int, process_index: int = 0,
+                 process_count: int = 1) -> tuple[Iterator[dict], int]:
+  """This process's evaluation batches of one domain, padded to full size.
+
+  Every example is seen exactly once over all processes; padding examples
+  have ``valid=False`` and an all-ignore label.
+
+  Returns:
+    ``(iterator of local batches, number of examples)``.
+  """
+  source = sources_lib.make_source(domain_name, data_cfg.eval_split, data_cfg)
+  n = len(source)
+  if data_cfg.max_eval_examples:
+    n = min(n, data_cfg.max_eval_examples)
+  local = global_batch // process_count
+  num_batches = -(-n // global_batch)
+  fn = functools.partial(_eval_example, domain_index=domain_index,
+                         cfg=data_cfg)
+  padding = None
+
+  def get(i):
+    nonlocal padding
+    if i < n:
+      return fn(i, source[i])
+    if padding is None:
+      padding = dict(fn(0, source[0]))
+      padding['valid'] = np.bool_(False)
+      padding['label'] = np.full_like(padding['label'], 255)
+    return padding
+
+  order = [b * global_batch + process_index * local + r
+           for b in range(num_batches) for r in range(local)]
+  ds = (grain.MapDataset.source(order).map(get)
+        .batch(local, batch_fn=_stack))
+  it = ds.to_iter_dataset(grain.ReadOptions(
+      num_threads=data_cfg.num_threads,
+      prefetch_buffer_size=data_cfg.prefetch))
+  return iter(it), n
+
+
+def process_info() -> tuple[int, int]:
+  return jax.process_index(), jax.process_count()

@@ -1,0 +1,65 @@
+"""Random-access data sources behind one interface.
+
+A source has ``len(source)``, ``source[i] -> {'image': uint8 [H, W, 3],
+'label': uint8 [H, W], 'id': str}`` and a ``domain`` attribute. Synthetic
+domains (``synthetic_*``) render on the fly; every other domain reads a
+built tfds dataset (array_record) through ``tfds.data_source``: TensorFlow is
+not needed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sst_jax import domains as domains_lib
+
+
+class TfdsSource:
+  """A built tfds human-parsing dataset (features image/label/id)."""
+
+  def __init__(self, domain: str, split: str, *, name: str | None = None,
+               data_dir: str | None = None):
+    import tensorflow_datasets as tfds  # Heavy import, only when used.
+    self.domain = domains_lib.get_domain(domain)
+    self.name = name or domain
+    try:
+      self._source = tfds.data_source(self.name, split=split,
+                                      data_dir=data_dir)
+    except Exception as e:  # tfds raises several types for a missing build.
+      raise FileNotFoundError(
+          f'cannot open the built tfds dataset {self.name!r} split {split!r} '
+          f'in data_dir={data_dir!r}: {e}. Build it first with `tfds build '
+          f'datasets/{self.name} --manual_dir=<raw> '
+          '--file_format=array_record` (see docs/datasets.md).') from e
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index) -> dict:
+    rec = self._source[int(index)]
+    image, label = np.asarray(rec['image']), np.asarray(rec['label'])
+    if label.ndim == 3:
+      label = label[..., 0]
+    if image.ndim == 2:
+      image = np.repeat(image[..., None], 3, axis=-1)
+    ident = rec['id']
+    ident = ident.decode() if isinstance(ident, bytes) else str(ident)
+    if image.shape[:2] != label.shape:
+      raise ValueError(f'{self.name} example {ident!r}: image '
+                       f'{image.shape[:2]} and label {label.shape} differ')
+    return {'image': image[..., :3], 'label': label, 'id': ident}
+
+
+def make_source(domain: str, split: str, data_config) -> object:
+  """The source for ``domain``/``split`` as configured in ``config.data``."""
+  domains_lib.get_domain(domain)
+  if domain.startswith('synthetic_'):
+    from sst_jax.data import synthetic
+    size = data_config.synthetic_size
+    num = data_config.synthetic_examples.get(f'{domain}:{split}', None)
+    return synthetic.SyntheticSource(domain, split, image_size=(size, size),
+                                     num_examples=num,
+                                     seed=data_config.synthetic_seed)
+  names = data_config.get('tfds_names', {}) or {}
+  return TfdsSource(domain, split, name=names.get(domain, domain),
+                    data_dir=data_config.data_dir)

@@ -1,0 +1,169 @@
+"""Evaluation over label domains with flip / multi-scale test-time augmentation.
+
+Each domain is scored with its own head on its validation split at the
+label's original resolution. Confusion matrices are accumulated on device and
+fetched once per domain.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sst_jax import checkpointing
+from sst_jax import parallel
+from sst_jax import steps
+from sst_jax import visualize
+from sst_jax import writers
+from sst_jax.data import pipeline
+from sst_jax.data import transforms
+
+
+class Evaluator:
+  """Compiles the evaluation step once per head and scores checkpoints."""
+
+  def __init__(self, config, model, mesh, domains):
+    self.config, self.model, self.mesh, self.domains = (config, model, mesh,
+                                                        domains)
+    self._fns = {}
+
+  def _compiled(self, domain):
+    if domain.name not in self._fns:
+      cfg = self.config.eval
+      flip_perm = domain.flip_permutation if cfg.flip else None
+      step = functools.partial(
+          steps.eval_step, model=self.model, head=domain.name,
+          num_classes=domain.num_classes, flip_perm=flip_perm,
+          scales=tuple(cfg.scales))
+      repl = parallel.replicated(self.mesh)
+      data = parallel.data_sharding(self.mesh)
+
+      def accumulate(variables, batch, total):
+        return total + step(variables, batch)
+
+      def predict(variables, batch):
+        logits = steps.predict_logits(
+            variables, batch['image'], model=self.model, heads=(domain.name,),
+            flip_perms=None if flip_perm is None else {domain.name: flip_perm},
+            scales=tuple(cfg.scales))[domain.name]
+        lg = jnp.einsum('blh,bhwc->blwc', batch['resize_h'], logits)
+        lg = jnp.einsum('bmw,blwc->blmc', batch['resize_w'], lg)
+        return jnp.argmax(lg, axis=-1).astype(jnp.uint8)
+
+      self._fns[domain.name] = (
+          jax.jit(accumulate, in_shardings=(repl, data, repl),
+                  out_shardings=repl, donate_argnums=2),
+          jax.jit(predict, in_shardings=(repl, data), out_shardings=data))
+    return self._fns[domain.name]
+
+  def __call__(self, variables, *, step: int, workdir: str | None = None,
+               writer: writers.MetricWriter | None = None,
+               extra_images: dict | None = None) -> dict:
+    """Scores every domain; writes metrics and a prediction grid.
+
+    Returns:
+      ``{domain: scores}`` (see ``metrics.scores``) without the raw arrays.
+    """
+    from sst_jax import metrics as metrics_lib
+    results, vis_rows, titles = {}, [], []
+    t0 = time.perf_counter()
+    total_images = 0
+    for k, domain in enumerate(self.domains):
+      accumulate, predict = self._compiled(domain)
+      batches, n = pipeline.eval_batches(
+          domain.name, k, self.config.data, self.config.eval.batch_size,
+          jax.process_index(), jax.process_count())
+      total = jax.device_put(
+          jnp.zeros((domain.num_classes,) * 2, jnp.int32),
+          parallel.replicated(self.mesh))
+      for i, batch in enumerate(batches):
+        device_batch = parallel.shard_batch(batch, self.mesh)
+        total = accumulate(variables, device_batch, total)
+        if i == 0 and self.config.eval.num_vis and workdir:
+          preds = jax.device_get(predict(variables, device_batch))
+          vis_rows += _vis_rows(batch, preds, domain,
+                                self.config.eval.num_vis)
+          titles += [domain.name] * min(self.config.eval.num_vis,
+                                        len(preds))
+      total_images += n
+      scores = metrics_lib.scores(jax.device_get(total), domain.classes)
+      scores.pop('iou')
+      results[domain.name] = scores
+    elapsed = time.perf_counter() - t0
+    summary = {name: {k: v for k, v in s.items() if k != 'iou_by_class'}
+               for name, s in results.items()}
+    lines = '  '.join(f'{n}: mIoU {s["miou"]:.4f}' for n, s in summary.items())
+    writers.echo(f'eval step {step}: {lines}  ({total_images / elapsed:.1f} '
+                 f'img/s)')
+    if writer is not None:
+      writer.write(step, 'eval', dict(results, images_per_sec=total_images /
+                                      elapsed))
+    if workdir and vis_rows and jax.process_index() == 0:
+      grid = visualize.image_grid(vis_rows, row_titles=titles,
+                                  col_titles=['input', 'ground truth',
+                                              'prediction'])
+      out_dir = os.path.join(workdir, 'predictions')
+      os.makedirs(out_dir, exist_ok=True)
+      visualize.save_png(os.path.join(out_dir, f'step_{step:07d}.png'), grid)
+      if writer is not None:
+        writer.write_image(step, 'eval/predictions', grid)
+      for name, image in (extra_images or {}).items():
+        visualize.save_png(os.path.join(out_dir, f'{name}_{step:07d}.png'),
+                           image)
+    return results
+
+
+def _vis_rows(batch, preds, domain, num):
+  rows = []
+  palette = domain.palette
+  for i in range(min(num, len(preds))):
+    if not batch['valid'][i]:
+      continue
+    label = batch['label'][i]
+    valid_rows = np.flatnonzero(batch['resize_h'][i].sum(axis=1))
+    valid_cols = np.flatnonzero(batch['resize_w'][i].sum(axis=1))
+    h, w = valid_rows.size, valid_cols.size
+    image = batch['image'][i] * transforms.IMAGENET_STD + transforms.IMAGENET_MEAN
+    image = np.clip(image, 0, 255).astype(np.uint8)
+    rows.append([image, visualize.colorize(label[:h, :w], palette),
+                 visualize.colorize(preds[i][:h, :w], palette)])
+  return rows
+
+
+def evaluate(config, variables, model, mesh, domains, *, step, workdir=None,
+             writer=None, evaluator: Evaluator | None = None,
+             extra_images=None):
+  """One-shot evaluation helper (builds an :class:`Evaluator`)."""
+  evaluator = evaluator or Evaluator(config, model, mesh, domains)
+  return evaluator(variables, step=step, workdir=workdir, writer=writer,
+                   extra_images=extra_images)
+
+
+def evaluate_checkpoint(config, workdir: str) -> dict:
+  """``--config.mode=eval``: scores the latest checkpoint in ``workdir``."""
+  from sst_jax import train
+  domains = train.validate_config(config)
+  mesh = parallel.make_mesh(config.num_devices or None)
+  model, _ = train.build_models(config, domains)
+  manager = checkpointing.make_manager(workdir, async_save=False)
+  step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f'no checkpoint in {manager.directory}')
+  meta = checkpointing.restore_metadata(manager, step)
+  checkpointing.check_domains(meta, domains, manager.directory)
+  raw = manager.restore(step, args=checkpointing.ocp.args.Composite(
+      state=checkpointing.ocp.args.StandardRestore()))['state']
+  variables = parallel.replicate(
+      steps.parser_variables(raw['params'], raw['model_state']), mesh)
+  writer = writers.MetricWriter(workdir)
+  logging.info('evaluating %s step %d', manager.directory, step)
+  results = evaluate(config, variables, model, mesh, domains, step=step,
+                     workdir=workdir, writer=writer)
+  writer.close()
+  return results

@@ -1,0 +1,37 @@
+"""Entry point: ``python -m sst_jax.main --config=<file> --workdir=<dir>``."""
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from sst_jax import train
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
+config_flags.DEFINE_config_file('config', None, 'Training configuration.',
+                                lock_config=True)
+flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize() '
+                  '(auto-detects TPU pods and SLURM; otherwise pass the '
+                  'coordinator flags).')
+flags.DEFINE_string('coordinator_address', None, 'host:port of process 0.')
+flags.DEFINE_integer('num_processes', None, 'Number of processes.')
+flags.DEFINE_integer('process_id', None, 'This process index.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if FLAGS.multihost or FLAGS.coordinator_address:
+    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                               num_processes=FLAGS.num_processes,
+                               process_id=FLAGS.process_id)
+  logging.info('JAX process %d/%d, local devices %s', jax.process_index(),
+               jax.process_count(), jax.local_devices())
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,163 @@
+"""CE2P-style human parser: backbone -> PSP context -> decoder -> heads.
+
+The parser holds one 1x1 classification head per label domain. It returns
+``(logits, aux)``: ``logits[domain]`` is ``[B, h, w, C_domain]`` at stride 4
+for every sample and every head, and ``aux`` holds named intermediate
+features that the SST modules and auxiliary losses read.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from sst_jax.models import layers
+from sst_jax.models import resnet
+
+
+class ConvBNReLU(nn.Module):
+  features: int
+  kernel: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = nn.Conv(self.features, (self.kernel, self.kernel),
+                padding=self.kernel // 2, use_bias=False, dtype=self.dtype,
+                name='conv')(x)
+    x = resnet.norm_layer(train, self.dtype, 'bn')(x)
+    return nn.relu(x)
+
+
+class PyramidPooling(nn.Module):
+  """PSP context: pooled bins -> 1x1 conv -> upsample, concat, 3x3 conv."""
+  features: int = 512
+  bins: Sequence[int] = (1, 2, 3, 6)
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    size = x.shape[1:3]
+    branches = [x]
+    for b in self.bins:
+      y = layers.adaptive_avg_pool(x, b)
+      y = ConvBNReLU(self.features, 1, self.dtype, name=f'stage{b}')(y, train)
+      branches.append(layers.resize_bilinear(y, size))
+    x = jnp.concatenate(branches, axis=-1)
+    return ConvBNReLU(self.features, 3, self.dtype, name='bottleneck')(
+        x, train)
+
+
+class Decoder(nn.Module):
+  """Fuses the context with stride-4 features (CE2P/DeepLabv3+ decoder)."""
+  features: int = 256
+  skip_features: int = 48
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, context, skip, train: bool):
+    context = ConvBNReLU(self.features, 1, self.dtype, name='context')(
+        context, train)
+    context = layers.resize_bilinear(context, skip.shape[1:3])
+    skip = ConvBNReLU(self.skip_features, 1, self.dtype, name='skip')(
+        skip, train)
+    x = jnp.concatenate([context, skip], axis=-1)
+    x = ConvBNReLU(self.features, 3, self.dtype, name='fuse1')(x, train)
+    return ConvBNReLU(self.features, 3, self.dtype, name='fuse2')(x, train)
+
+
+class EdgeBranch(nn.Module):
+  """CE2P edge branch: 2-way edge logits from res2..res4 at stride 4."""
+  features: int = 256
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, feats, train: bool):
+    size = feats['res2'].shape[1:3]
+    outs = []
+    for name in ('res2', 'res3', 'res4'):
+      y = ConvBNReLU(self.features, 1, self.dtype, name=f'{name}_conv')(
+          feats[name], train)
+      outs.append(layers.resize_bilinear(y, size))
+    x = jnp.concatenate(outs, axis=-1)
+    return nn.Conv(2, (1, 1), dtype=self.dtype, name='edge_head')(x), x
+
+
+class Parser(nn.Module):
+  """Multi-head human parser.
+
+  Attributes:
+    num_classes: ``{domain_name: C}``, one head per domain, in config order.
+    backbone: a name from ``resnet.RESNET_SPECS``.
+    width: backbone base width (64 = standard).
+    output_stride: backbone output stride, 8 or 16.
+    deep_stem: three-conv stem.
+    context_features, decoder_features: channel widths.
+    psp_bins: PSP pooling grid sizes.
+    edge: add the CE2P edge branch (``aux['edge']`` logits).
+    dtype: computation dtype; heads produce float32 logits.
+  """
+  num_classes: dict[str, int]
+  backbone: str = 'resnet18'
+  width: int = 64
+  output_stride: int = 8
+  deep_stem: bool = False
+  context_features: int = 512
+  decoder_features: int = 256
+  psp_bins: Sequence[int] = (1, 2, 3, 6)
+  edge: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, image, train: bool = False, heads=None):
+    """Runs the parser.
+
+    Args:
+      image: ``[B, H, W, 3]`` normalized image.
+      train: BatchNorm in training mode (batch statistics, updates stats).
+      heads: optional subset of domain names to compute logits for.
+
+    Returns:
+      ``(logits, aux)`` as described in the module docstring.
+    """
+    feats = resnet.make_resnet(
+        self.backbone, width=self.width, output_stride=self.output_stride,
+        deep_stem=self.deep_stem, dtype=self.dtype, name='backbone')(
+            image, train)
+    context = PyramidPooling(self.context_features, self.psp_bins,
+                             self.dtype, name='context')(feats['res5'], train)
+    decoder = Decoder(self.decoder_features, dtype=self.dtype,
+                      name='decoder')(context, feats['res2'], train)
+    aux = {'res2': feats['res2'], 'res5': feats['res5'], 'context': context,
+           'decoder': decoder}
+    if self.edge:
+      aux['edge'], edge_feat = EdgeBranch(dtype=self.dtype, name='edge')(
+          feats, train)
+      decoder = jnp.concatenate([decoder, edge_feat], axis=-1)
+      decoder = ConvBNReLU(self.decoder_features, 1, self.dtype,
+                           name='fusion')(decoder, train)
+      aux['decoder'] = decoder
+    names = self.num_classes if heads is None else heads
+    logits = {
+        name: nn.Conv(self.num_classes[name], (1, 1), dtype=self.dtype,
+                      name=f'head_{name}')(decoder).astype(jnp.float32)
+        for name in names
+    }
+    return logits, aux
+
+
+def make_parser(model_config, domain_names: Sequence[str],
+                num_classes: Sequence[int], dtype=jnp.float32) -> Parser:
+  """Builds the parser from a ``config.model`` ConfigDict."""
+  return Parser(
+      num_classes=dict(zip(domain_names, num_classes)),
+      backbone=model_config.backbone, width=model_config.width,
+      output_stride=model_config.output_stride,
+      deep_stem=model_config.deep_stem,
+      context_features=model_config.context_features,
+      decoder_features=model_config.decoder_features,
+      psp_bins=tuple(model_config.psp_bins), edge=model_config.edge,
+      dtype=dtype)

@@ -1,0 +1,61 @@
+"""Device mesh, shardings, host->device placement and multi-host helpers.
+
+Data parallelism is expressed with ``jax.jit`` over a one-axis mesh: batches
+are sharded on ``'data'``, the train state is replicated. Because BatchNorm
+reduces over the (global) batch axis inside jit, its statistics are
+synchronized across devices with no extra code.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+
+def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
+  """A 1-D ``('data',)`` mesh over all (or the first N) devices."""
+  devices = jax.devices()
+  n = len(devices) if num_devices is None else num_devices
+  if n > len(devices):
+    raise ValueError(f'asked for {n} devices, only {len(devices)} available')
+  return jax.make_mesh((n,), ('data',), devices=devices[:n],
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def replicated(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def data_sharding(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P('data'))
+
+
+def local_batch_size(global_batch: int, mesh) -> int:
+  """Per-process batch size; the global batch must split over devices."""
+  n = mesh.devices.size
+  if global_batch % n:
+    raise ValueError(f'batch size {global_batch} is not divisible by the '
+                     f'{n} devices of the mesh')
+  return global_batch // jax.process_count()
+
+
+def shard_batch(batch: dict, mesh) -> dict:
+  """Places this process's slice of a global batch onto the mesh.
+
+  Every array's leading axis is the batch axis. Each process passes its own
+  local rows; the result is one global array per key.
+  """
+  sharding = data_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in batch.items()}
+
+
+def replicate(tree, mesh):
+  """Puts a host pytree on every device of the mesh."""
+  return jax.device_put(tree, replicated(mesh))
+
+
+def is_main_process() -> bool:
+  return jax.process_index() == 0

@@ -1,0 +1,158 @@
+"""Pure train and eval steps. No I/O; ``train.py`` jit-compiles them once.
+
+Parameters live in ``state.params = {'parser': ..., 'sst': ...}`` and
+non-trainable state in ``state.model_state = {'batch_stats': ...,
+'sst_memory': ...}``. Everything under ``'sst'`` / ``'sst_memory'`` is used
+only here, in training: the deployed network is ``params['parser']`` with
+``model_state['batch_stats']`` and nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sst_jax import losses
+from sst_jax import metrics as metrics_lib
+from sst_jax.models import layers
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jnp.ndarray
+  params: Any
+  model_state: Any
+  opt_state: Any
+
+
+def parser_variables(params, model_state) -> dict:
+  """The inference network's variables (what export keeps)."""
+  return {'params': params['parser'],
+          'batch_stats': model_state['batch_stats']}
+
+
+def upsample_logits(logits: dict, size) -> dict:
+  return {k: layers.resize_bilinear(v, size) for k, v in logits.items()}
+
+
+def compute_losses(params, model_state, batch, rng, *, model, sst_model,
+                   domain_names: Sequence[str], cfg, train: bool = True):
+  """All training losses for one global batch.
+
+  Returns:
+    ``(loss, (metrics, new_model_state))``.
+  """
+  image, label, domain = batch['image'], batch['label'], batch['domain']
+  (logits, aux), updates = model.apply(
+      parser_variables(params, model_state), image, train=train,
+      mutable=['batch_stats'])
+  size = label.shape[1:3]
+  full = upsample_logits(logits, size)
+  ce, _ = losses.multi_head_cross_entropy(full, label, domain, domain_names)
+  loss = ce
+  metrics = {'ce': ce}
+  new_state = dict(model_state, batch_stats=updates['batch_stats'])
+  if 'edge' in aux and cfg.loss.edge_weight:
+    edge = losses.balanced_edge_loss(
+        layers.resize_bilinear(aux['edge'].astype(jnp.float32), size), label)
+    loss += cfg.loss.edge_weight * edge
+    metrics['edge'] = edge
+  if sst_model is not None:
+    (sst_loss, sst_metrics), sst_updates = sst_model.apply(
+        {'params': params['sst'], 'sst_memory': model_state['sst_memory']},
+        logits, aux, label, domain, train=train, rngs={'dropout': rng},
+        mutable=['sst_memory'])
+    loss += sst_loss
+    metrics.update(sst_metrics)
+    new_state['sst_memory'] = sst_updates['sst_memory']
+  metrics['loss'] = loss
+  return loss, (metrics, new_state)
+
+
+def train_step(state: TrainState, batch: dict, rng, *, model, sst_model,
+               tx: optax.GradientTransformation, domain_names, cfg,
+               lr_fn: Callable | None = None):
+  """One optimizer step; returns ``(new_state, metrics)``.
+
+  ``metrics['nonfinite']`` is 1 when the loss is NaN/inf; in that case the
+  update is skipped (the state only advances its step), so a checkpoint
+  written later never contains NaN parameters.
+  """
+  rng = jax.random.fold_in(rng, state.step)
+  grad_fn = jax.value_and_grad(compute_losses, has_aux=True)
+  (loss, (metrics, model_state)), grads = grad_fn(
+      state.params, state.model_state, batch, rng, model=model,
+      sst_model=sst_model, domain_names=domain_names, cfg=cfg)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  finite = jnp.isfinite(loss)
+  keep = lambda new, old: jax.tree.map(
+      lambda n, o: jnp.where(finite, n, o), new, old)
+  new_state = TrainState(
+      step=state.step + 1, params=keep(params, state.params),
+      model_state=keep(model_state, state.model_state),
+      opt_state=keep(opt_state, state.opt_state))
+  metrics['nonfinite'] = (~finite).astype(jnp.float32)
+  metrics['grad_norm'] = optax.global_norm(grads)
+  if lr_fn is not None:
+    metrics['lr'] = lr_fn(state.step)
+  return new_state, metrics
+
+
+def predict_logits(variables, image, *, model, heads: Sequence[str],
+                   flip_perms: dict[str, np.ndarray] | None = None,
+                   scales: Sequence[float] = (1.0,)) -> dict:
+  """Logits at input resolution, averaged over scales and flips.
+
+  Probabilities (softmax) are averaged over test-time augmentations and
+  returned as log-probabilities when there is more than one view, else the
+  raw logits.
+
+  Args:
+    flip_perms: ``{head: permutation}`` to add the flipped view; the flipped
+      prediction's left/right channels are swapped back with the domain's
+      flip permutation before averaging.
+  """
+  size = image.shape[1:3]
+  views = {h: [] for h in heads}
+  for s in scales:
+    x = image if s == 1.0 else layers.resize_bilinear(
+        image, (max(int(size[0] * s + 0.5), 8), max(int(size[1] * s + 0.5), 8)))
+    flips = [False, True] if flip_perms else [False]
+    for flip in flips:
+      xi = x[:, :, ::-1] if flip else x
+      logits, _ = model.apply(variables, xi, train=False, heads=heads)
+      for h in heads:
+        lg = layers.resize_bilinear(logits[h], size)
+        if flip:
+          lg = lg[:, :, ::-1][..., flip_perms[h]]
+        views[h].append(lg)
+  if len(scales) == 1 and not flip_perms:
+    return {h: v[0] for h, v in views.items()}
+  return {h: jnp.log(jnp.mean(jnp.stack(
+      [jax.nn.softmax(v, axis=-1) for v in vs]), axis=0) + 1e-12)
+          for h, vs in views.items()}
+
+
+def eval_step(variables, batch, *, model, head: str, num_classes: int,
+              flip_perm: np.ndarray | None = None,
+              scales: Sequence[float] = (1.0,)) -> jnp.ndarray:
+  """Confusion matrix of one batch of ``head``'s domain, original resolution.
+
+  ``resize_h``/``resize_w`` map input-resolution predictions onto the
+  original label grid; padding examples (``valid=False``) are not counted.
+  """
+  logits = predict_logits(
+      variables, batch['image'], model=model, heads=(head,),
+      flip_perms=None if flip_perm is None else {head: flip_perm},
+      scales=scales)[head]
+  lg = jnp.einsum('blh,bhwc->blwc', batch['resize_h'], logits)
+  lg = jnp.einsum('bmw,blwc->blmc', batch['resize_w'], lg)
+  pred = jnp.argmax(lg, axis=-1)
+  return metrics_lib.confusion_matrix(pred, batch['label'], num_classes,
+                                      batch['valid'][:, None, None])

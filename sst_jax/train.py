@@ -1,0 +1,278 @@
+"""``train_and_evaluate(config, workdir)``: the training orchestrator."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from sst_jax import checkpointing
+from sst_jax import domains as domains_lib
+from sst_jax import evaluate as evaluate_lib
+from sst_jax import optim
+from sst_jax import parallel
+from sst_jax import steps
+from sst_jax import writers
+from sst_jax.data import pipeline
+from sst_jax.models import parser as parser_lib
+from sst_jax.models import sst as sst_lib
+
+
+def compute_dtype(config):
+  if config.dtype not in ('float32', 'bfloat16'):
+    raise ValueError(f"config.dtype must be 'float32' or 'bfloat16', got "
+                     f'{config.dtype!r}')
+  return jnp.bfloat16 if config.dtype == 'bfloat16' else jnp.float32
+
+
+def validate_config(config) -> tuple[domains_lib.Domain, ...]:
+  """Checks cross-field constraints; returns the configured domains."""
+  if not config.domains:
+    raise ValueError('config.domains is empty: name at least one label domain')
+  domains = domains_lib.get_domains(list(config.domains))
+  if config.mode_sst not in ('universal', 'dedicated'):
+    raise ValueError("config.mode_sst must be 'universal' or 'dedicated', got "
+                     f'{config.mode_sst!r}')
+  if config.mode_sst == 'dedicated' and config.target not in config.domains:
+    raise ValueError(f'dedicated mode: config.target={config.target!r} is not '
+                     f'one of config.domains {list(config.domains)}')
+  if config.mode not in ('train', 'eval'):
+    raise ValueError(f"config.mode must be 'train' or 'eval', got "
+                     f'{config.mode!r}')
+  return domains
+
+
+def build_models(config, domains):
+  """The parser and (when enabled) the training-only SST module."""
+  model = parser_lib.make_parser(config.model, [d.name for d in domains],
+                                 [d.num_classes for d in domains],
+                                 compute_dtype(config))
+  sst_model = sst_lib.make_sst(config, domains)
+  return model, sst_model
+
+
+def init_train_state(rng, *, model, sst_model, tx, image_size: int):
+  """Fresh parameters and optimizer state (jit this with out_shardings)."""
+  r_parser, r_sst = jax.random.split(rng)
+  image = jnp.zeros((2, image_size, image_size, 3), jnp.float32)
+  variables = model.init(r_parser, image, train=False)
+  params = {'parser': variables['params']}
+  model_state = {'batch_stats': variables['batch_stats']}
+  if sst_model is not None:
+    logits, aux = model.apply(variables, image, train=False)
+    label = jnp.zeros((2, image_size, image_size), jnp.int32)
+    sst_vars = sst_model.init({'params': r_sst, 'dropout': r_sst}, logits, aux,
+                              label, jnp.zeros((2,), jnp.int32), train=False)
+    params['sst'] = sst_vars['params']
+    model_state['sst_memory'] = sst_vars['sst_memory']
+  return steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          model_state=model_state, opt_state=tx.init(params))
+
+
+def checkpoint_metadata(config, domains, step: int) -> dict:
+  return {
+      'step': int(step),
+      'domains': [d.to_json() for d in domains],
+      'mode_sst': config.mode_sst,
+      'target': config.target,
+      'dtype': config.dtype,
+      'model': json.loads(config.model.to_json_best_effort()),
+      'config': json.loads(config.to_json_best_effort()),
+  }
+
+
+def merge_into(fresh, loaded, path=()):
+  """Copies every leaf of ``loaded`` that ``fresh`` has, keeping new leaves.
+
+  Used when continuing from a trained model with extra label domains: the
+  shared network, existing heads and memory rows are kept bit-for-bit; new
+  heads and memory rows keep their fresh initialization.
+
+  Raises:
+    ValueError: when a shared leaf's shape differs (naming its path).
+  """
+  if isinstance(fresh, dict):
+    return {k: merge_into(v, loaded[k], path + (k,)) if k in loaded else v
+            for k, v in fresh.items()}
+  if np.shape(fresh) != np.shape(loaded):
+    raise ValueError(f'init_from: {"/".join(path)} has shape '
+                     f'{np.shape(loaded)} in the checkpoint but '
+                     f'{np.shape(fresh)} in the config')
+  return loaded
+
+
+def load_init_from(config, domains, state):
+  """Initializes params/model_state from another workdir's latest checkpoint."""
+  manager = checkpointing.make_manager(config.init_from, async_save=False)
+  step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f'config.init_from={config.init_from!r} has no '
+                            'checkpoint')
+  meta = checkpointing.restore_metadata(manager, step)
+  new = checkpointing.check_domains(meta, domains, config.init_from,
+                                    allow_new=True)
+  raw = manager.restore(step, args=checkpointing.ocp.args.Composite(
+      state=checkpointing.ocp.args.StandardRestore()))['state']
+  params = merge_into(jax.device_get(state.params), raw['params'])
+  model_state = merge_into(jax.device_get(state.model_state),
+                           raw['model_state'])
+  logging.info('init_from %s step %d; new domains: %s', config.init_from,
+               step, new)
+  return params, model_state, new
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
+  """Trains (resuming from the latest checkpoint in ``workdir``) and evaluates.
+
+  Returns:
+    the final evaluation results ``{domain: scores}``.
+  """
+  domains = validate_config(config)
+  domain_names = [d.name for d in domains]
+  if config.mode == 'eval':
+    return evaluate_lib.evaluate_checkpoint(config, workdir)
+
+  # Set up mesh and models.
+  mesh = parallel.make_mesh(config.num_devices or None)
+  logging.info('process %d/%d, %d local / %d global devices',
+               jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count())
+  model, sst_model = build_models(config, domains)
+  tx = optim.make_optimizer(config.optim, config.total_steps)
+  lr_fn = optim.learning_rate_schedule(config.optim, config.total_steps)
+  writer = writers.MetricWriter(workdir)
+
+  # Initialize (on device, replicated).
+  repl = parallel.replicated(mesh)
+  init_fn = functools.partial(init_train_state, model=model,
+                              sst_model=sst_model, tx=tx,
+                              image_size=config.data.crop_size)
+  state = jax.jit(init_fn, out_shardings=repl)(jax.random.key(config.seed))
+
+  # Load checkpoint, or initialize from a trained model / pretrained weights.
+  manager = checkpointing.make_manager(
+      workdir, config.keep_checkpoints, async_save=config.async_checkpoints)
+  start_step, data_state = 0, None
+  latest = manager.latest_step()
+  if latest is not None:
+    meta = checkpointing.restore_metadata(manager, latest)
+    checkpointing.check_domains(meta, domains, manager.directory)
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), state)
+    state, data_state = checkpointing.restore(manager, latest, abstract)
+    start_step = int(latest)
+    writers.echo(f'resuming from {manager.directory} step {start_step}')
+  elif config.init_from:
+    params, model_state, _ = load_init_from(config, domains, state)
+    state = jax.device_put(state.replace(
+        params=params, model_state=model_state, opt_state=tx.init(params)),
+                           repl)
+  elif config.init.backbone:
+    from sst_jax.models import pretrained
+    variables = steps.parser_variables(*jax.device_get(
+        (state.params, state.model_state)))
+    variables, report = pretrained.load_backbone_into(variables,
+                                                      config.init.backbone)
+    params = dict(state.params, parser=variables['params'])
+    model_state = dict(state.model_state,
+                       batch_stats=variables['batch_stats'])
+    state = jax.device_put(state.replace(params=params,
+                                         model_state=model_state), repl)
+    logging.info('backbone weights from %s: %s', config.init.backbone, report)
+  if start_step >= config.total_steps:
+    writers.echo(f'{workdir} already holds the final checkpoint (step '
+                 f'{start_step}); evaluating it')
+
+  # Input pipeline.
+  mix = dict(config.data.mix)
+  if config.mode_sst == 'dedicated':
+    for name in domain_names:
+      if name != config.target:
+        mix.setdefault(name, config.sst.dedicated_other_weight)
+  data_cfg = config.data.copy_and_resolve_references()
+  with data_cfg.unlocked():
+    data_cfg.mix = mix
+  dataset = pipeline.train_dataset(
+      domain_names, data_cfg, config.batch_size, config.seed,
+      jax.process_index(), jax.process_count())
+  parallel.local_batch_size(config.batch_size, mesh)
+  data_iter = pipeline.train_iterator(
+      dataset, data_cfg,
+      start_step=(data_state or {}).get('next_index', start_step))
+
+  # Compile the update step.
+  train_step = jax.jit(
+      functools.partial(steps.train_step, model=model, sst_model=sst_model,
+                        tx=tx, domain_names=domain_names, cfg=config,
+                        lr_fn=lr_fn),
+      donate_argnums=0,
+      in_shardings=(repl, parallel.data_sharding(mesh), repl),
+      out_shardings=(repl, repl))
+  rng = jax.device_put(jax.random.key(config.seed + 1), repl)
+
+  def save(step, force=False):
+    checkpointing.save(manager, step, state, data_iter.get_state(),
+                       checkpoint_metadata(config, domains, step), force)
+
+  evaluator = evaluate_lib.Evaluator(config, model, mesh, domains)
+
+  def evaluate(step):
+    variables = steps.parser_variables(state.params, state.model_state)
+    extra = None
+    if sst_model is not None:
+      extra = sst_lib.association_images(
+          sst_model, state.params['sst'], state.model_state['sst_memory'],
+          domains)
+    return evaluator(variables, step=step, workdir=workdir, writer=writer,
+                     extra_images=extra)
+
+  # Train loop.
+  progress = writers.Progress(config.total_steps, start_step,
+                              config.batch_size)
+  pending, last_flush, results = [], start_step, None
+  step = start_step
+  t_start = time.perf_counter()
+  while step < config.total_steps:
+    batch = parallel.shard_batch(next(data_iter), mesh)
+    state, metrics = train_step(state, batch, rng)
+    step += 1
+    pending.append(metrics)
+    is_last = step == config.total_steps
+    do_ckpt = step % config.checkpoint_every == 0 or is_last
+    do_eval = (config.eval_every and step % config.eval_every == 0) or is_last
+    if step % config.log_every == 0 or do_ckpt or do_eval:
+      host = jax.device_get(pending)
+      bad = [last_flush + 1 + i for i, m in enumerate(host)
+             if m['nonfinite'] > 0]
+      if bad:
+        manager.wait_until_finished()
+        raise FloatingPointError(
+            f'non-finite loss at step {bad[0]} (between steps {last_flush + 1}'
+            f' and {step}); no update was applied from that step on. The last'
+            f' good checkpoint is step {manager.latest_step()} in '
+            f'{manager.directory}')
+      means = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+      means['lr'] = float(host[-1].get('lr', 0.0))
+      info = progress.update(step)
+      writer.write(step, 'train', dict(means, **info))
+      writers.echo(progress.line(step, means['loss'], info))
+      pending, last_flush = [], step
+    if do_ckpt:
+      save(step, force=is_last)
+    if do_eval:
+      results = evaluate(step)
+  if results is None:
+    results = evaluate(step)
+  manager.wait_until_finished()
+  writer.write(step, 'summary', {
+      'wall_time_sec': time.perf_counter() - t_start,
+      'final_miou': {k: v['miou'] for k, v in results.items()}})
+  writer.close()
+  return results
