@@ -17,28 +17,30 @@ def get_config(arg: str | None = None):
   config = config_lib.base_config()
   config.domains = ['synthetic_pascal', 'synthetic_atr', 'synthetic_cihp',
                     'synthetic_lip']
-  config.total_steps = 1200
+  config.total_steps = 1000
   config.batch_size = 16
-  config.log_every = 50
-  config.eval_every = 400
-  config.checkpoint_every = 200
+  config.log_every = 25
+  config.eval_every = 500
+  config.checkpoint_every = 250
 
   config.model.backbone = 'resnet18'
-  config.model.width = 32
-  config.model.output_stride = 8
-  config.model.context_features = 128
-  config.model.decoder_features = 96
+  config.model.width = 24
+  config.model.output_stride = 16
+  config.model.context_features = 96
+  config.model.decoder_features = 64
 
   config.optim.name = 'adamw'
   config.optim.lr = 2e-3
   config.optim.weight_decay = 1e-4
-  config.optim.warmup_steps = 100
+  config.optim.warmup_steps = 50
   config.optim.schedule = 'cosine'
 
   config.data.synthetic_size = 128
+  config.data.cache = True
   config.data.crop_size = 128
   config.data.scale_range = (0.8, 1.25)
   config.data.eval_input_size = 128
   config.data.eval_label_size = 128
   config.eval.batch_size = 32
+  config.sst.dim = 64
   return config_lib.apply_variant(config, arg)

@@ -76,6 +76,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.max_eval_examples = 0  # 0 = whole split
   c.data.num_threads = 2
   c.data.prefetch = 4
+  c.data.cache = False        # keep decoded examples in memory
   c.data.synthetic_size = 128
   c.data.synthetic_seed = 0
   c.data.synthetic_examples = ml_collections.ConfigDict()  # 'dom:split' -> n

@@ -50,6 +50,28 @@ class TfdsSource:
     return {'image': image[..., :3], 'label': label, 'id': ident}
 
 
+class CachedSource:
+  """Materializes a source in memory once (small or procedural datasets).
+
+  The embedded synthetic data renders each example from scratch; caching a
+  split makes every later epoch cost only the augmentation.
+  """
+
+  _cache: dict = {}
+
+  def __init__(self, source, key):
+    self.domain = source.domain
+    if key not in CachedSource._cache:
+      CachedSource._cache[key] = [source[i] for i in range(len(source))]
+    self._records = CachedSource._cache[key]
+
+  def __len__(self) -> int:
+    return len(self._records)
+
+  def __getitem__(self, index) -> dict:
+    return self._records[int(index)]
+
+
 def make_source(domain: str, split: str, data_config) -> object:
   """The source for ``domain``/``split`` as configured in ``config.data``."""
   domains_lib.get_domain(domain)
@@ -57,9 +79,13 @@ def make_source(domain: str, split: str, data_config) -> object:
     from sst_jax.data import synthetic
     size = data_config.synthetic_size
     num = data_config.synthetic_examples.get(f'{domain}:{split}', None)
-    return synthetic.SyntheticSource(domain, split, image_size=(size, size),
-                                     num_examples=num,
-                                     seed=data_config.synthetic_seed)
+    source = synthetic.SyntheticSource(domain, split, image_size=(size, size),
+                                       num_examples=num,
+                                       seed=data_config.synthetic_seed)
+    if data_config.cache:
+      source = CachedSource(source, (domain, split, size, len(source),
+                                     data_config.synthetic_seed))
+    return source
   names = data_config.get('tfds_names', {}) or {}
   return TfdsSource(domain, split, name=names.get(domain, domain),
                     data_dir=data_config.data_dir)

@@ -1,0 +1,313 @@
+"""Throughput, compile time and FLOPs of the jitted train step.
+
+Usage::
+
+  python benchmarks/train_step.py --preset=synthetic
+  python benchmarks/train_step.py --preset=resnet101 --resolution=257 --torch
+  python benchmarks/train_step.py --preset=resnet101 --dtype=bfloat16 \
+      --json=/tmp/bench.json
+
+Measures exactly what training runs: the model from ``train.build_models``,
+the state from ``train.init_train_state``, the optimizer from
+``optim.make_optimizer`` and ``steps.train_step`` jitted with the same
+shardings and donation as ``train.py``. Variants: ``baseline`` (plain
+multi-head parser) and ``sst`` (with the training-only SST modules), plus
+the inference forward pass (``train=False``, all heads at stride 4).
+
+Reported per variant: compile time (lower + compile), images/s from the
+median of ``--steps`` timed steps after ``--warmup`` untimed ones, FLOPs per
+image from XLA's cost analysis of the compiled step, achieved FLOP/s and,
+with a known or given peak (``--peak_flops``; H100/H200 bf16 dense by
+default on those GPUs), model FLOPs utilisation.
+
+``--torch`` also times the same parser and SGD step in PyTorch eager
+(``benchmarks/torch_reference.py``) from the same initial weights and batch,
+checks parameter counts, outputs and first-step losses agree, and prints the
+JAX/PyTorch time ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib.util
+import json
+import os
+import pathlib
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sst_jax import optim
+from sst_jax import parallel
+from sst_jax import steps
+from sst_jax import train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# Model/input presets; explicit flags override them.
+PRESETS = {
+    # The model of configs/synthetic.py.
+    'synthetic': dict(backbone='resnet18', width=32, output_stride=8,
+                      context_features=128, decoder_features=96,
+                      resolution=128, batch=16),
+    # CE2P/SCHP-size parser (standard ResNet-101, 7x7 stem).
+    'resnet101': dict(backbone='resnet101', width=64, output_stride=8,
+                      context_features=512, decoder_features=256,
+                      resolution=473, batch=2),
+}
+
+# Dense peak FLOP/s by device kind (substring match), for MFU.
+PEAK_FLOPS = {
+    ('H100', 'bfloat16'): 989e12, ('H100', 'float32'): 67e12,
+    ('H200', 'bfloat16'): 989e12, ('H200', 'float32'): 67e12,
+    ('A100', 'bfloat16'): 312e12, ('A100', 'float32'): 19.5e12,
+}
+
+
+def load_config(variant: str, args):
+  """``configs/synthetic.py:<variant>`` with the benchmark's model/input."""
+  spec = importlib.util.spec_from_file_location(
+      'synthetic_config', REPO / 'configs' / 'synthetic.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(variant)
+  with config.unlocked():
+    for key in ('backbone', 'width', 'output_stride', 'context_features',
+                'decoder_features'):
+      config.model[key] = getattr(args, key)
+    config.model.deep_stem = args.deep_stem
+    config.data.crop_size = args.resolution
+    config.batch_size = args.batch
+    config.dtype = args.dtype
+    config.num_devices = args.num_devices
+    config.optim.name = args.optimizer
+    config.optim.warmup_steps = 0
+  return config
+
+
+def synthetic_batch(config, num_domains: int, seed: int = 0) -> dict:
+  """A random batch; labels < 7 are valid in every synthetic domain."""
+  rng = np.random.default_rng(seed)
+  b, s = config.batch_size, config.data.crop_size
+  return {
+      'image': rng.standard_normal((b, s, s, 3)).astype(np.float32),
+      'label': rng.integers(0, 7, (b, s, s)).astype(np.int32),
+      'domain': (np.arange(b) % num_domains).astype(np.int32),
+  }
+
+
+def _flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # Older jax: one dict per computation.
+    cost = cost[0]
+  return float(cost.get('flops', float('nan')))
+
+
+def _median_time(fn, warmup: int, steps: int) -> tuple[float, list[float]]:
+  for _ in range(warmup):
+    jax.block_until_ready(fn())
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times), times
+
+
+def benchmark_jax(config, *, warmup: int, steps_: int,
+                  forward: bool = True) -> dict:
+  """Times the jitted train step (and inference forward) of ``config``.
+
+  Returns:
+    a dict of measurements; ``'initial_variables'`` (host parser variables),
+    ``'batch'`` and ``'first_loss'`` are included for the PyTorch check.
+  """
+  domains = train.validate_config(config)
+  domain_names = [d.name for d in domains]
+  mesh = parallel.make_mesh(config.num_devices or None)
+  n_dev = mesh.devices.size
+  model, sst_model = train.build_models(config, domains)
+  tx = optim.make_optimizer(config.optim, config.total_steps)
+  lr_fn = optim.learning_rate_schedule(config.optim, config.total_steps)
+  repl, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
+  init_fn = functools.partial(train.init_train_state, model=model,
+                              sst_model=sst_model, tx=tx,
+                              image_size=config.data.crop_size)
+  state = jax.jit(init_fn, out_shardings=repl)(jax.random.key(config.seed))
+  initial = jax.device_get(steps.parser_variables(state.params,
+                                                  state.model_state))
+  host_batch = synthetic_batch(config, len(domains))
+  batch = parallel.shard_batch(host_batch, mesh)
+  rng = jax.jit(lambda: jax.random.key(1), out_shardings=repl)()
+  out = {'devices': n_dev, 'device_kind': jax.devices()[0].device_kind,
+         'initial_variables': initial, 'batch': host_batch}
+  out['params'] = int(sum(np.size(x) for x in jax.tree.leaves(
+      initial['params'])))
+
+  # Train step, jitted exactly as in train.py.
+  step_fn = jax.jit(
+      functools.partial(steps.train_step, model=model, sst_model=sst_model,
+                        tx=tx, domain_names=domain_names, cfg=config,
+                        lr_fn=lr_fn),
+      donate_argnums=0, in_shardings=(repl, data, repl),
+      out_shardings=(repl, repl))
+  t0 = time.perf_counter()
+  compiled = step_fn.lower(state, batch, rng).compile()
+  out['train_compile_s'] = time.perf_counter() - t0
+  # Cost analysis is of the per-device SPMD program.
+  out['train_flops_per_image'] = _flops(compiled) * n_dev / config.batch_size
+  if not steps_:  # Compile time and FLOPs only.
+    return out
+  holder = {'state': state, 'first_loss': None}
+
+  def run_train():
+    holder['state'], metrics = compiled(holder['state'], batch, rng)
+    if holder['first_loss'] is None:
+      holder['first_loss'] = float(metrics['loss'])
+    return holder['state'], metrics
+
+  out['train_step_s'], out['train_times'] = _median_time(run_train, warmup,
+                                                         steps_)
+  out['first_loss'] = holder['first_loss']
+  del holder
+
+  if forward:
+    variables = jax.device_put(initial, repl)
+    fwd = jax.jit(lambda v, x: model.apply(v, x, train=False)[0],
+                  in_shardings=(repl, data), out_shardings=data)
+    t0 = time.perf_counter()
+    fwd_compiled = fwd.lower(variables, batch['image']).compile()
+    out['forward_compile_s'] = time.perf_counter() - t0
+    out['forward_flops_per_image'] = (_flops(fwd_compiled) * n_dev /
+                                      config.batch_size)
+    first = {}
+
+    def run_forward():
+      logits = fwd_compiled(variables, batch['image'])
+      first.setdefault('logits', logits)
+      return logits
+
+    out['forward_s'], out['forward_times'] = _median_time(run_forward, warmup,
+                                                          steps_)
+    out['forward_logits'] = jax.device_get(first['logits'])
+  return out
+
+
+def peak_flops(args, device_kind: str) -> float | None:
+  if args.peak_flops:
+    return args.peak_flops
+  for (kind, dtype), value in PEAK_FLOPS.items():
+    if kind in device_kind and dtype == args.dtype:
+      return value
+  return None
+
+
+def _row(name, images, seconds, compile_s, flops_per_image, peak):
+  ips = images / seconds
+  achieved = flops_per_image * ips
+  mfu = f'{100 * achieved / peak:6.1f}%' if peak else '     -'
+  return (f'{name:<18}{seconds * 1e3:>11.1f}{ips:>10.2f}{compile_s:>10.1f}'
+          f'{flops_per_image / 1e9:>13.2f}{achieved / 1e9:>12.1f}  {mfu}')
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--preset', choices=sorted(PRESETS),
+                      default='synthetic')
+  for key in ('backbone', 'width', 'output_stride', 'context_features',
+              'decoder_features', 'resolution', 'batch'):
+    parser.add_argument(f'--{key}', type=str if key == 'backbone' else int)
+  parser.add_argument('--deep_stem', action='store_true')
+  parser.add_argument('--dtype', choices=('float32', 'bfloat16'),
+                      default='float32')
+  parser.add_argument('--optimizer', choices=('sgd', 'adamw'), default='sgd')
+  parser.add_argument('--variants', nargs='+', default=('baseline', 'sst'),
+                      choices=('baseline', 'sst'))
+  parser.add_argument('--num_devices', type=int, default=0,
+                      help='0 = all local devices')
+  parser.add_argument('--warmup', type=int, default=3)
+  parser.add_argument('--steps', type=int, default=5,
+                      help='timed steps (0: compile time and FLOPs only)')
+  parser.add_argument('--peak_flops', type=float, default=0.0,
+                      help='peak FLOP/s of the whole mesh for MFU (default: '
+                      'by device kind, dense)')
+  parser.add_argument('--torch', action='store_true',
+                      help='also time the PyTorch eager reference (baseline)')
+  parser.add_argument('--torch_threads', type=int, default=0,
+                      help='torch.set_num_threads (0 = torch default)')
+  parser.add_argument('--channels_last', action='store_true',
+                      help='PyTorch reference in channels_last layout')
+  parser.add_argument('--json', default='', help='also write results here')
+  args = parser.parse_args(argv)
+  for key, value in PRESETS[args.preset].items():
+    if getattr(args, key) is None:
+      setattr(args, key, value)
+
+  print(f'# {jax.devices()[0].device_kind} x{len(jax.devices())} '
+        f'({platform.machine()}, {os.cpu_count()} CPUs), jax '
+        f'{jax.__version__}; {args.backbone} width {args.width} OS '
+        f'{args.output_stride} ctx {args.context_features} dec '
+        f'{args.decoder_features}, {args.resolution}x{args.resolution}, '
+        f'batch {args.batch}, {args.dtype}, {args.optimizer}; median of '
+        f'{args.steps} after {args.warmup} warm-up')
+  print(f'{"":<18}{"ms/step":>11}{"img/s":>10}{"compile s":>10}'
+        f'{"GFLOP/img":>13}{"GFLOP/s":>12}  {"MFU":>6}', flush=True)
+  results = {'args': vars(args)}
+  for variant in args.variants:
+    config = load_config(variant, args)
+    r = benchmark_jax(config, warmup=args.warmup, steps_=args.steps,
+                      forward=variant == 'baseline')
+    peak = peak_flops(args, r['device_kind'])
+    if not args.steps:
+      print(f'{f"jax {variant} train":<18}{"-":>11}{"-":>10}'
+            f'{r["train_compile_s"]:>10.1f}'
+            f'{r["train_flops_per_image"] / 1e9:>13.2f}', flush=True)
+      results[variant] = {k: v for k, v in r.items() if k not in (
+          'initial_variables', 'batch')}
+      continue
+    print(_row(f'jax {variant} train', args.batch, r['train_step_s'],
+               r['train_compile_s'], r['train_flops_per_image'], peak),
+          flush=True)
+    if 'forward_s' in r:
+      print(_row('jax inference', args.batch, r['forward_s'],
+                 r['forward_compile_s'], r['forward_flops_per_image'], peak),
+            flush=True)
+    results[variant] = {k: v for k, v in r.items() if k not in (
+        'initial_variables', 'batch', 'forward_logits')}
+    if args.torch and variant == 'baseline':
+      import torch_reference
+      t = torch_reference.benchmark_torch(
+          config, r['initial_variables'], r['batch'], warmup=args.warmup,
+          steps=args.steps, threads=args.torch_threads,
+          channels_last=args.channels_last)
+      print(_row('torch train', args.batch, t['train_step_s'], 0.0,
+                 r['train_flops_per_image'], None))
+      print(_row('torch inference', args.batch, t['forward_s'], 0.0,
+                 r['forward_flops_per_image'], None))
+      logits_err = max(
+          float(np.max(np.abs(t['forward_logits'][k] - r['forward_logits'][k]))
+                / (np.max(np.abs(r['forward_logits'][k])) + 1e-12))
+          for k in r['forward_logits'])
+      print(f'# parameters: jax {r["params"]:,}  torch {t["params"]:,}  '
+            f'({"equal" if r["params"] == t["params"] else "DIFFERENT"})')
+      print(f'# same weights and batch: inference logits max rel. diff '
+            f'{logits_err:.2e}; first train-step loss jax '
+            f'{r["first_loss"]:.6f} torch {t["first_loss"]:.6f}')
+      print(f'# time ratio JAX/PyTorch: train step '
+            f'{r["train_step_s"] / t["train_step_s"]:.2f}, inference '
+            f'{r["forward_s"] / t["forward_s"]:.2f} (<1: JAX faster)')
+      results['torch'] = {k: v for k, v in t.items()
+                          if k != 'forward_logits'}
+      results['torch']['logits_max_rel_diff'] = logits_err
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump(results, f, indent=1, default=float)
+
+
+if __name__ == '__main__':
+  main()

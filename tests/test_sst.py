@@ -1,0 +1,257 @@
+"""SST modules: references, masking, stop-gradients, shapes, zero-cost baseline."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import tiny
+from sst_jax import checkpointing
+from sst_jax import domains as domains_lib
+from sst_jax import optim
+from sst_jax import steps
+from sst_jax import train
+from sst_jax.models import parser as parser_lib
+from sst_jax.models import sst as sst_lib
+
+
+def test_masked_pool_matches_numpy():
+  rng = np.random.default_rng(0)
+  masks = rng.random((2, 30, 4)).astype(np.float32)
+  masks[1, :, 2] = 0.0  # an absent class
+  feats = rng.normal(size=(2, 30, 5)).astype(np.float32)
+  got = np.asarray(sst_lib.masked_pool(masks, feats))
+  want = np.zeros((2, 4, 5))
+  for b in range(2):
+    for c in range(4):
+      num = sum(masks[b, p, c] * feats[b, p] for p in range(30))
+      want[b, c] = num / (masks[b, :, c].sum() + 1e-6)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  assert not got[1, 2].any()
+
+
+def test_soft_label_masks_are_area_fractions_without_ignore():
+  label = np.zeros((1, 4, 4), np.int32)
+  label[0, :2, :2] = 1
+  label[0, 0, 0] = 255
+  m = np.asarray(sst_lib.soft_label_masks(jnp.asarray(label), 2, (2, 2)))
+  np.testing.assert_allclose(m[0, 0, 0], [0.0, 0.75])   # 3 of 4 are class 1
+  np.testing.assert_allclose(m[0, 1, 1], [1.0, 0.0])
+
+
+def test_absent_classes_get_zero_attention():
+  module = sst_lib.ClassAttention(8)
+  q = jax.random.normal(jax.random.key(0), (3, 5, 8))
+  k = jax.random.normal(jax.random.key(1), (3, 6, 8))
+  mask = jnp.array([[1, 0, 1, 1, 0, 1], [0, 0, 0, 0, 0, 1],
+                    [0, 0, 0, 0, 0, 0]], bool)
+  params = module.init(jax.random.key(2), q, k, mask)
+  out, attn, _ = module.apply(params, q, k, mask)
+  attn = np.asarray(attn)
+  assert (attn[0][:, [1, 4]] == 0).all()
+  np.testing.assert_allclose(attn[0].sum(-1), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(attn[1][:, 5], 1.0)
+  assert (attn[2] == 0).all() and np.isfinite(np.asarray(out)).all()
+
+
+def test_cooccurrence_prior_rows():
+  masks = np.zeros((1, 6, 6, 3), np.float32)
+  masks[0, :, :3, 0] = 1
+  masks[0, :, 3:, 1] = 1   # class 2 absent, classes 0 and 1 touch
+  prior = np.asarray(sst_lib.cooccurrence_prior(jnp.asarray(masks), 1))
+  np.testing.assert_allclose(prior[0, :2].sum(-1), 1.0, rtol=1e-5)
+  assert prior[0, 0, 1] > 0 and prior[0, 2].sum() == 0
+
+
+# ---------------------------------------------------------------------------
+# The SST module inside the loss.
+# ---------------------------------------------------------------------------
+
+
+def _setup(arg='sst', domain_list=None, **sst_overrides):
+  config = tiny.get_config(arg)
+  with config.unlocked():
+    if domain_list:
+      config.domains = domain_list
+    for k, v in sst_overrides.items():
+      config.sst[k] = v
+  domains = train.validate_config(config)
+  model, sst_model = train.build_models(config, domains)
+  tx = optim.make_optimizer(config.optim, 10)
+  state = train.init_train_state(jax.random.key(0), model=model,
+                                 sst_model=sst_model, tx=tx, image_size=32)
+  rng = np.random.default_rng(0)
+  n = len(domains)
+  batch = {
+      'image': rng.normal(size=(4, 32, 32, 3)).astype(np.float32),
+      'label': rng.integers(0, 7, (4, 32, 32)).astype(np.int32),
+      'domain': (np.arange(4) % n).astype(np.int32)}
+  batch['label'][:, :4] = 255
+  return config, domains, model, sst_model, state, batch
+
+
+def _sst_loss_fn(model, sst_model, state, batch):
+  """SST loss as a function of (logits, aux, sst params)."""
+  variables = steps.parser_variables(state.params, state.model_state)
+  logits, aux = model.apply(variables, batch['image'], train=False)
+
+  def fn(logits, aux, sst_params):
+    (loss, _), _ = sst_model.apply(
+        {'params': sst_params, 'sst_memory': state.model_state['sst_memory']},
+        logits, aux, batch['label'], batch['domain'], train=True,
+        rngs={'dropout': jax.random.key(0)}, mutable=['sst_memory'])
+    return loss
+  return fn, logits, aux
+
+
+def _norm(tree):
+  return float(optax_global_norm(tree))
+
+
+def optax_global_norm(tree):
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+
+
+@pytest.mark.parametrize('branch', ['mse', 'mst'])
+def test_mse_and_mst_losses_reach_the_backbone(branch):
+  config, domains, model, sst_model, state, batch = _setup(
+      mse_weight=float(branch == 'mse'), mst_weight=float(branch == 'mst'),
+      cons_weight=0.0, kd_weight=0.0)
+
+  def loss(parser_params):
+    params = dict(state.params, parser=parser_params)
+    total, (metrics, _) = steps.compute_losses(
+        params, state.model_state, batch, jax.random.key(0), model=model,
+        sst_model=sst_model, domain_names=[d.name for d in domains], cfg=config)
+    return total - metrics['ce']
+
+  grads = jax.grad(loss)(state.params['parser'])
+  assert _norm(grads['backbone']) > 1e-6
+  # The heads are not on the path of the auxiliary classifiers.
+  assert _norm({k: v for k, v in grads.items() if k.startswith('head_')}) == 0
+
+
+def test_stop_gradients_sit_where_specified():
+  # MSE + MST only: other domains' predictions enter as stop-gradient masks,
+  # so no head receives gradient from L_mse / L_mst.
+  _, _, model, sst_model, state, batch = _setup(cons_weight=0.0,
+                                                kd_weight=0.0)
+  fn, logits, aux = _sst_loss_fn(model, sst_model, state, batch)
+  g_logits, g_aux, g_sst = jax.grad(fn, argnums=(0, 1, 2))(
+      logits, aux, state.params['sst'])
+  assert _norm(g_logits) == 0.0
+  assert _norm(g_aux['decoder']) > 0 and _norm(g_aux['context']) > 0
+  assert _norm(g_sst) > 0
+
+  # Self-distillation only: the teacher is stop-gradient (no gradient into
+  # SST parameters or features), the student head gets gradient.
+  _, _, model, sst_model, state, batch = _setup(
+      mse_weight=0.0, mst_weight=0.0, cons_weight=0.0, kd_weight=1.0)
+  fn, logits, aux = _sst_loss_fn(model, sst_model, state, batch)
+  g_logits, g_aux, g_sst = jax.grad(fn, argnums=(0, 1, 2))(
+      logits, aux, state.params['sst'])
+  assert _norm(g_sst) == 0.0 and _norm(g_aux) == 0.0
+  assert _norm(g_logits) > 0
+
+  # Consistency only: trains the *other* heads through the transition.
+  _, domains, model, sst_model, state, batch = _setup(
+      mse_weight=0.0, mst_weight=0.0, cons_weight=1.0, kd_weight=0.0)
+  # Fill the memory so transitions exist.
+  variables = steps.parser_variables(state.params, state.model_state)
+  logits, aux = model.apply(variables, batch['image'], train=False)
+  _, updates = sst_model.apply(
+      {'params': state.params['sst'],
+       'sst_memory': state.model_state['sst_memory']}, logits, aux,
+      batch['label'], batch['domain'], train=True, mutable=['sst_memory'])
+  state = state.replace(model_state=dict(state.model_state,
+                                         sst_memory=updates['sst_memory']))
+  fn, logits, aux = _sst_loss_fn(model, sst_model, state, batch)
+  g_logits = jax.grad(fn)(logits, aux, state.params['sst'])
+  for name in g_logits:
+    assert _norm(g_logits[name]) > 0, name
+
+
+def test_all_zero_weights_reproduce_the_baseline_loss_exactly():
+  config, domains, model, sst_model, state, batch = _setup(
+      mse_weight=0.0, mst_weight=0.0, cons_weight=0.0, kd_weight=0.0)
+  names = [d.name for d in domains]
+  common = dict(model=model, domain_names=names, cfg=config)
+  with_sst, (m1, _) = steps.compute_losses(
+      state.params, state.model_state, batch, jax.random.key(0),
+      sst_model=sst_model, **common)
+  baseline, (m2, _) = steps.compute_losses(
+      {'parser': state.params['parser']},
+      {'batch_stats': state.model_state['batch_stats']}, batch,
+      jax.random.key(0), sst_model=None, **common)
+  assert float(with_sst) == float(baseline) == float(m2['ce'])
+
+
+@pytest.mark.parametrize('counts', [(3, 5), (7, 2, 11)])
+def test_association_shapes_for_any_class_counts(counts):
+  doms = []
+  for i, c in enumerate(counts):
+    doms.append(domains_lib.register(domains_lib.Domain(
+        f'test_assoc_{i}_{c}', tuple(f'c{j}' for j in range(c)))))
+  sst_model = sst_lib.SST(domain_names=tuple(d.name for d in doms),
+                          num_classes=counts, dim=8, scales=('decoder',))
+  model = parser_lib.Parser({d.name: d.num_classes for d in doms},
+                            backbone='resnet_tiny', width=8,
+                            context_features=8, decoder_features=8,
+                            psp_bins=(1,))
+  image = jnp.zeros((2, 16, 16, 3))
+  v = model.init(jax.random.key(0), image)
+  logits, aux = model.apply(v, image)
+  label = jnp.zeros((2, 16, 16), jnp.int32)
+  dom = jnp.arange(2) % len(doms)
+  sv = sst_model.init(jax.random.key(1), logits, aux, label, dom, train=False)
+  _, upd = sst_model.apply(sv, logits, aux, label, dom, mutable=['sst_memory'])
+  sv = dict(sv, sst_memory=upd['sst_memory'])
+  assoc = sst_model.apply(sv, method=sst_lib.SST.associations)
+  assert len(assoc) == len(counts) * (len(counts) - 1)
+  for (k, j), m in assoc.items():
+    ck = counts[[d.name for d in doms].index(k)]
+    cj = counts[[d.name for d in doms].index(j)]
+    assert m.shape == (ck, cj)
+  t = sst_model.apply(sv, doms[0].name, method=sst_lib.SST.transitions)
+  for j, m in t.items():
+    assert m.shape == (counts[[d.name for d in doms].index(j)], counts[0])
+
+
+def test_extending_with_a_new_domain_keeps_old_parameters(tmp_path):
+  old = tiny.get_config('sst')
+  with old.unlocked():
+    old.total_steps = 2
+    old.eval_every = 0
+    old.checkpoint_every = 2
+    old.eval.num_vis = 0
+    old.data.max_eval_examples = 8
+  workdir = str(tmp_path / 'old')
+  train.train_and_evaluate(old, workdir)
+  raw = checkpointing.make_manager(workdir).restore(
+      2, args=checkpointing.ocp.args.Composite(
+          state=checkpointing.ocp.args.StandardRestore()))['state']
+
+  new = tiny.get_config('sst')
+  with new.unlocked():
+    new.domains = list(old.domains) + ['synthetic_atr']
+    new.init_from = workdir
+  domains = train.validate_config(new)
+  model, sst_model = train.build_models(new, domains)
+  tx = optim.make_optimizer(new.optim, 10)
+  state = train.init_train_state(jax.random.key(5), model=model,
+                                 sst_model=sst_model, tx=tx, image_size=32)
+  params, model_state, added = train.load_init_from(new, domains, state)
+  assert added == ['synthetic_atr']
+  flat_old = dict(jax.tree_util.tree_leaves_with_path(
+      {'params': raw['params'], 'model_state': raw['model_state']}))
+  flat_new = dict(jax.tree_util.tree_leaves_with_path(
+      {'params': params, 'model_state': model_state}))
+  for path, value in flat_old.items():
+    np.testing.assert_array_equal(np.asarray(flat_new[path]),
+                                  np.asarray(value),
+                                  err_msg=jax.tree_util.keystr(path))
+  assert 'head_synthetic_atr' in params['parser']
+  assert 'synthetic_atr' in model_state['sst_memory']
+  assert set(flat_new) > set(flat_old)

@@ -1,0 +1,168 @@
+"""Training: multi-device equivalence, exact resume, checkpoint refusal, outputs."""
+
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import tiny
+from sst_jax import checkpointing
+from sst_jax import domains as domains_lib
+from sst_jax import optim
+from sst_jax import parallel
+from sst_jax import steps
+from sst_jax import train
+from sst_jax.data import pipeline
+
+
+def tiny_config(arg='baseline', **overrides):
+  config = tiny.get_config(arg)
+  with config.unlocked():
+    for key, value in overrides.items():
+      node = config
+      *path, leaf = key.split('.')
+      for p in path:
+        node = node[p]
+      node[leaf] = value
+  return config
+
+
+def load_state(workdir, step=None):
+  manager = checkpointing.make_manager(workdir, async_save=False)
+  step = manager.latest_step() if step is None else step
+  return manager.restore(step, args=checkpointing.ocp.args.Composite(
+      state=checkpointing.ocp.args.StandardRestore()))['state']
+
+
+def assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
+  la = jax.tree_util.tree_leaves_with_path(a)
+  lb = jax.tree.leaves(b)
+  assert len(la) == len(lb)
+  for (path, x), y in zip(la, lb):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol,
+                               atol=atol, err_msg=jax.tree_util.keystr(path))
+
+
+def test_train_step_8_devices_equals_1_device():
+  config = tiny_config('sst')
+  domains = train.validate_config(config)
+  names = [d.name for d in domains]
+  model, sst_model = train.build_models(config, domains)
+  tx = optim.make_optimizer(config.optim, config.total_steps)
+  state = train.init_train_state(jax.random.key(0), model=model,
+                                 sst_model=sst_model, tx=tx, image_size=32)
+  ds = pipeline.train_dataset(names, config.data, 8, seed=0)
+  batch = ds[0]
+  assert set(batch['domain']) == {0, 1}, 'the batch should mix both domains'
+  results = []
+  for n in (8, 1):
+    mesh = parallel.make_mesh(n)
+    repl = parallel.replicated(mesh)
+    step = jax.jit(functools.partial(
+        steps.train_step, model=model, sst_model=sst_model, tx=tx,
+        domain_names=names, cfg=config),
+        in_shardings=(repl, parallel.data_sharding(mesh), repl),
+        out_shardings=(repl, repl))
+    new_state, metrics = step(jax.device_put(state, repl),
+                              parallel.shard_batch(batch, mesh),
+                              jax.device_put(jax.random.key(1), repl))
+    results.append(jax.device_get((new_state.params, new_state.model_state,
+                                   metrics['loss'])))
+  (p8, s8, l8), (p1, s1, l1) = results
+  assert l8 == pytest.approx(l1, rel=1e-5)
+  assert_trees_close(p8, p1)
+  assert_trees_close(s8, s1)
+  # The step changed the parameters (so the comparison is not vacuous).
+  before = jax.device_get(state.params)
+  assert not np.allclose(before['parser']['head_synthetic_pascal']['kernel'],
+                         p8['parser']['head_synthetic_pascal']['kernel'])
+
+
+class Interrupt(Exception):
+  pass
+
+
+def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path,
+                                                           monkeypatch):
+  config = tiny_config(total_steps=6, checkpoint_every=3, eval_every=0,
+                       async_checkpoints=False)
+  full = str(tmp_path / 'full')
+  train.train_and_evaluate(config, full)
+
+  resumed = str(tmp_path / 'resumed')
+  original = pipeline.train_iterator
+
+  def interrupting(*args, **kwargs):
+    it = original(*args, **kwargs)
+
+    class Wrapped:
+      served = 0
+
+      def __next__(self):
+        if self.served == 4:  # one step past the checkpoint at step 3
+          raise Interrupt()
+        self.served += 1
+        return next(it)
+
+      def get_state(self):
+        return it.get_state()
+
+    return Wrapped()
+
+  monkeypatch.setattr(pipeline, 'train_iterator', interrupting)
+  with pytest.raises(Interrupt):
+    train.train_and_evaluate(config, resumed)
+  monkeypatch.setattr(pipeline, 'train_iterator', original)
+  assert checkpointing.make_manager(resumed).latest_step() == 3
+  train.train_and_evaluate(config, resumed)
+  a, b = load_state(full, 6), load_state(resumed, 6)
+  assert_trees_close(a['params'], b['params'], rtol=1e-6, atol=1e-7)
+  assert_trees_close(a['model_state'], b['model_state'], rtol=1e-6, atol=1e-7)
+
+
+def test_end_to_end_outputs_and_mismatch_refusal(tmp_path):
+  workdir = str(tmp_path / 'run')
+  config = tiny_config('sst', total_steps=4, checkpoint_every=2, eval_every=4)
+  results = train.train_and_evaluate(config, workdir)
+  assert set(results) == {'synthetic_pascal', 'synthetic_cihp'}
+  records = [json.loads(l) for l in open(os.path.join(workdir,
+                                                      'metrics.jsonl'))]
+  evals = [r for r in records if r['kind'] == 'eval']
+  assert evals and {'synthetic_pascal', 'synthetic_cihp'} <= set(evals[-1])
+  assert 0.0 <= evals[-1]['synthetic_pascal']['miou'] <= 1.0
+  train_lines = [r for r in records if r['kind'] == 'train']
+  assert all(np.isfinite(r['loss']) for r in train_lines)
+  assert {'images_per_sec', 'eta_sec', 'sst_mse', 'sst_mst'} <= set(
+      train_lines[-1])
+  assert os.listdir(os.path.join(workdir, 'tensorboard'))
+  pngs = os.listdir(os.path.join(workdir, 'predictions'))
+  assert 'step_0000004.png' in pngs and 'associations_0000004.png' in pngs
+  assert checkpointing.make_manager(workdir).latest_step() == 4
+
+  # Same workdir, different class list for one domain: refused, by name.
+  bad = domains_lib.Domain('synthetic_cihp_small',
+                           domains_lib.get_domain('synthetic_cihp').classes[:5])
+  meta = train.checkpoint_metadata(config, train.validate_config(config), 4)
+  meta['domains'][1]['classes'] = list(bad.classes)
+  with pytest.raises(checkpointing.CheckpointMismatchError,
+                     match='synthetic_cihp.*5 classes'):
+    checkpointing.check_domains(meta, train.validate_config(config), workdir)
+
+  # Through the real entry point: a config whose domains differ is refused.
+  other = tiny_config('sst', total_steps=6)
+  with other.unlocked():
+    other.domains = ['synthetic_pascal', 'synthetic_lip']
+  with pytest.raises(checkpointing.CheckpointMismatchError,
+                     match='synthetic_cihp'):
+    train.train_and_evaluate(other, workdir)
+
+  # Evaluation mode scores the same checkpoint the same way.
+  with config.unlocked():
+    config.mode = 'eval'
+  again = train.train_and_evaluate(config, workdir)
+  for name in results:
+    assert again[name]['miou'] == pytest.approx(results[name]['miou'])
