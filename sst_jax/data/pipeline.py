@@ -79,9 +79,12 @@ def train_dataset(domain_names: Sequence[str], data_cfg, global_batch: int,
   if process_count > 1:
     # Row r of global batch b is element b * global_batch + r; this process
     # owns rows [process_index * local, (process_index + 1) * local).
+    # (Bind the global stream to its own name: the lambda must not see the
+    # rebound `mixed`, which would make it index itself forever.)
     offset = process_index * local
-    mixed = grain.MapDataset.range(len(mixed) // global_batch * local).map(
-        lambda i: mixed[(i // local) * global_batch + offset + i % local])
+    full = mixed
+    mixed = grain.MapDataset.range(len(full) // global_batch * local).map(
+        lambda i: full[(i // local) * global_batch + offset + i % local])
   return mixed.batch(local, drop_remainder=True, batch_fn=_stack)
 
 

@@ -15,7 +15,13 @@ from sst_jax import domains as domains_lib
 
 
 class TfdsSource:
-  """A built tfds human-parsing dataset (features image/label/id)."""
+  """A built tfds human-parsing dataset (features image/label/id).
+
+  Reads ``<data_dir>/<name>/<config>/<version>/`` (the default config,
+  ``strict``, when ``name`` names none) through ``tfds.data_source`` with
+  ``download=False``: the builder need not be importable, and a missing build
+  is an error, never a build attempt.
+  """
 
   def __init__(self, domain: str, split: str, *, name: str | None = None,
                data_dir: str | None = None):
@@ -24,13 +30,22 @@ class TfdsSource:
     self.name = name or domain
     try:
       self._source = tfds.data_source(self.name, split=split,
-                                      data_dir=data_dir)
+                                      data_dir=data_dir or None,
+                                      download=False)
     except Exception as e:  # tfds raises several types for a missing build.
+      # tfds's own message goes on to list every dataset it knows: keep the
+      # first line.
+      reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+      builder, _, builder_config = self.name.partition('/')
+      config_flag = f' --config={builder_config}' if builder_config else ''
+      where = data_dir or '$TFDS_DATA_DIR or ~/tensorflow_datasets'
       raise FileNotFoundError(
-          f'cannot open the built tfds dataset {self.name!r} split {split!r} '
-          f'in data_dir={data_dir!r}: {e}. Build it first with `tfds build '
-          f'datasets/{self.name} --manual_dir=<raw> '
-          '--file_format=array_record` (see docs/datasets.md).') from e
+          f'cannot open the built tfds dataset {self.name!r} (domain '
+          f'{domain!r}) split {split!r} in data_dir={where}: {reason} Build it '
+          f'first with `python -m datasets.build datasets/{builder} '
+          f'--manual_dir=RAW_ROOT/{builder} --data_dir={data_dir or "DATA_DIR"}'
+          f' --file_format=array_record{config_flag}` (docs/datasets.md), or '
+          'set config.data.data_dir to where it was built.') from e
 
   def __len__(self) -> int:
     return len(self._source)

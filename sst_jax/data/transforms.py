@@ -7,6 +7,8 @@ invent a class value; padding uses the ignore id 255.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from PIL import Image
 
@@ -17,8 +19,11 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
 
 
 def normalize(image: np.ndarray) -> np.ndarray:
-  """uint8 RGB -> float32, ImageNet mean/std."""
-  return (image.astype(np.float32) - IMAGENET_MEAN) / IMAGENET_STD
+  """uint8 (or float32 0..255) RGB -> float32, ImageNet mean/std."""
+  x = image.astype(np.float32)  # A copy: the in-place steps touch only it.
+  x -= IMAGENET_MEAN
+  x /= IMAGENET_STD
+  return x
 
 
 def hflip(image: np.ndarray, label: np.ndarray | None, domain: Domain):
@@ -47,6 +52,108 @@ def rotate(image: np.ndarray, label: np.ndarray, degrees: float):
   return image, label
 
 
+def _rotation_matrix(degrees: float, size: tuple[int, int],
+                     offset: tuple[int, int]) -> tuple[float, ...]:
+  """PIL's ``Image.rotate`` affine matrix, shifted to a window at ``offset``.
+
+  ``size`` is the rotated image's ``(height, width)``, ``offset`` the
+  ``(top, left)`` of the output window in it. Output pixel ``(i, j)`` of the
+  window is pixel ``(top + i, left + j)`` of ``Image.rotate``'s result.
+  """
+  angle = -math.radians(degrees % 360.0)
+  a, b = round(math.cos(angle), 15), round(math.sin(angle), 15)
+  d, e = round(-math.sin(angle), 15), round(math.cos(angle), 15)
+  cx, cy = size[1] / 2, size[0] / 2
+  c = a * -cx + b * -cy + cx
+  f = d * -cx + e * -cy + cy
+  top, left = offset
+  return (a, b, c + a * left + b * top, d, e, f + d * left + e * top)
+
+
+def _window_source_box(matrix, crop_size, size, margin=2):
+  """The pixels of the scaled image that a rotated crop window samples.
+
+  ``matrix`` maps window pixels to scaled-image coordinates; an affine map
+  takes the window to a parallelogram, so its corners bound it. ``margin``
+  keeps the bilinear neighbours inside. Returns ``(top, left, bottom,
+  right)``, clipped to the scaled image of ``size`` ``(height, width)``.
+  """
+  a, b, c, d, e, f = matrix
+  us = np.array([0, crop_size[1], 0, crop_size[1]], np.float64)
+  vs = np.array([0, 0, crop_size[0], crop_size[0]], np.float64)
+  xs, ys = a * us + b * vs + c, d * us + e * vs + f
+  top = min(max(int(math.floor(ys.min())) - margin, 0), size[0])
+  left = min(max(int(math.floor(xs.min())) - margin, 0), size[1])
+  bottom = min(max(int(math.ceil(ys.max())) + margin, 0), size[0])
+  right = min(max(int(math.ceil(xs.max())) + margin, 0), size[1])
+  return top, left, bottom, right
+
+
+def _scaled_region(image, label, scaled_size, box):
+  """``resize(image, label, scaled_size)[top:bottom, left:right]``, alone.
+
+  PIL's ``resize(box=...)`` samples the same source positions with the same
+  filter (the scale factor is unchanged), so only the region is computed.
+  """
+  h, w = label.shape
+  top, left, bottom, right = box
+  if scaled_size == (h, w):
+    return image[top:bottom, left:right], label[top:bottom, left:right]
+  fy, fx = h / scaled_size[0], w / scaled_size[1]
+  src = (left * fx, top * fy, right * fx, bottom * fy)
+  size = (right - left, bottom - top)
+  image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR,
+                                                   box=src))
+  label = np.asarray(Image.fromarray(label).resize(size, Image.NEAREST,
+                                                   box=src))
+  return image, label
+
+
+def scale_rotate_crop(image: np.ndarray, label: np.ndarray,
+                      scaled_size: tuple[int, int], degrees: float,
+                      offset: tuple[int, int], crop_size: tuple[int, int]):
+  """``resize`` -> ``rotate`` -> ``pad_to`` -> crop, computed for the crop only.
+
+  The crop at ``offset`` (top, left) of the scaled (``scaled_size``),
+  rotated (``degrees``, about the centre, as ``rotate``) and padded image.
+  Only the source region the window needs is resized and only the window is
+  rotated (with ``rotate``'s matrix, shifted), which makes the result equal
+  to the full-image chain up to float rounding at sampling ties; window pixels
+  past the scaled image's bottom/right edge get ``pad_to``'s fill.
+  """
+  sh, sw = scaled_size
+  ch, cw = crop_size
+  fill = IMAGENET_MEAN.astype(np.uint8)
+  out_image = np.empty((ch, cw, 3), np.uint8)
+  out_image[...] = fill
+  out_label = np.full((ch, cw), IGNORE_ID, np.uint8)
+  if degrees:
+    matrix = _rotation_matrix(degrees, scaled_size, offset)
+    box = _window_source_box(matrix, crop_size, scaled_size)
+  else:
+    box = (offset[0], offset[1], min(offset[0] + ch, sh),
+           min(offset[1] + cw, sw))
+  top, left, bottom, right = box
+  if bottom <= top or right <= left:  # The window samples no image pixel.
+    return out_image, out_label
+  image, label = _scaled_region(image, label, scaled_size, box)
+  if not degrees:
+    out_image[:bottom - top, :right - left] = image
+    out_label[:bottom - top, :right - left] = label
+    return out_image, out_label
+  a, b, c, d, e, f = matrix
+  matrix = (a, b, c - left, d, e, f - top)  # Into region coordinates.
+  out_image[...] = Image.fromarray(image).transform(
+      (cw, ch), Image.AFFINE, matrix, Image.BILINEAR,
+      fillcolor=tuple(int(v) for v in fill))
+  out_label[...] = Image.fromarray(label).transform(
+      (cw, ch), Image.AFFINE, matrix, Image.NEAREST, fillcolor=IGNORE_ID)
+  rows, cols = max(sh - offset[0], 0), max(sw - offset[1], 0)
+  out_image[rows:], out_image[:, cols:] = fill, fill
+  out_label[rows:], out_label[:, cols:] = IGNORE_ID, IGNORE_ID
+  return out_image, out_label
+
+
 def pad_to(image: np.ndarray, label: np.ndarray, size: tuple[int, int]):
   """Pads bottom/right up to ``size``: mean colour, ignore label."""
   h, w = label.shape
@@ -65,14 +172,30 @@ def pad_to(image: np.ndarray, label: np.ndarray, size: tuple[int, int]):
 def color_jitter(image: np.ndarray, rng: np.random.Generator,
                  strength: float) -> np.ndarray:
   """Random brightness, contrast and saturation in ``1 +- strength``."""
+  return _color_jitter_float(image, rng, strength).astype(np.uint8)
+
+
+def _color_jitter_float(image: np.ndarray, rng: np.random.Generator,
+                        strength: float) -> np.ndarray:
+  """``color_jitter`` before the uint8 cast: float32 holding whole numbers.
+
+  Brightness ``b``, contrast ``c`` (about the image mean ``m`` after
+  brightness) and saturation ``s`` (about each pixel's grey ``g``) compose to
+  one affine map, ``b c (s x + (1 - s) g) + (1 - c) m``, evaluated in a few
+  in-place passes; ``floor`` after the clip is the old uint8 truncation.
+  """
   x = image.astype(np.float32)
   b, c, s = rng.uniform(1 - strength, 1 + strength, size=3)
-  x = x * b
-  mean = x.mean()
-  x = (x - mean) * c + mean
-  grey = x.mean(axis=-1, keepdims=True)
-  x = (x - grey) * s + grey
-  return np.clip(x, 0, 255).astype(np.uint8)
+  mean = np.float32(b) * x.mean(dtype=np.float32)
+  grey = x[..., 0:1] + x[..., 1:2]  # The channel mean, without a slow
+  grey += x[..., 2:3]                # reduction over a length-3 axis.
+  grey /= np.float32(3)
+  grey *= np.float32((1 - s) * b * c)
+  grey += np.float32(1 - c) * mean
+  x *= np.float32(s * b * c)
+  x += grey
+  np.clip(x, 0, 255, out=x)
+  return np.floor(x, out=x)
 
 
 def train_transform(record: dict, rng: np.random.Generator, domain: Domain,
@@ -92,21 +215,25 @@ def train_transform(record: dict, rng: np.random.Generator, domain: Domain,
   h, w = label.shape
   scale = rng.uniform(*scale_range)
   if scale != 1.0:
-    image, label = resize(image, label, (max(int(h * scale + 0.5), 1),
-                                         max(int(w * scale + 0.5), 1)))
-  if rotation:
-    image, label = rotate(image, label, rng.uniform(-rotation, rotation))
-  image, label = pad_to(image, label, crop_size)
-  h, w = label.shape
-  y = rng.integers(0, h - crop_size[0] + 1)
-  x = rng.integers(0, w - crop_size[1] + 1)
-  image = image[y:y + crop_size[0], x:x + crop_size[1]]
-  label = label[y:y + crop_size[0], x:x + crop_size[1]]
+    h, w = max(int(h * scale + 0.5), 1), max(int(w * scale + 0.5), 1)
+  degrees = rng.uniform(-rotation, rotation) if rotation else 0.0
+  # The crop window in the scaled, rotated (same size) image padded to at
+  # least crop_size. Drawn before any resampling, so that only the window is
+  # resampled (scale_rotate_crop); the random draws are those of the
+  # resize -> rotate -> pad_to -> crop chain it computes.
+  y = rng.integers(0, max(h, crop_size[0]) - crop_size[0] + 1)
+  x = rng.integers(0, max(w, crop_size[1]) - crop_size[1] + 1)
+  image, label = scale_rotate_crop(image, label, (h, w), degrees, (y, x),
+                                   crop_size)
   if flip and rng.random() < 0.5:
     image, label = hflip(image, label, domain)
   if jitter:
-    image = color_jitter(image, rng, jitter)
-  return normalize(image), np.ascontiguousarray(label)
+    image = _color_jitter_float(image, rng, jitter)
+  else:
+    image = image.astype(np.float32)
+  image -= IMAGENET_MEAN  # normalize(), in place on this fresh float array.
+  image /= IMAGENET_STD
+  return image, np.ascontiguousarray(label)
 
 
 def eval_resize_matrix(orig: int, resized: int, canvas_in: int,

@@ -52,13 +52,13 @@ def masked_pool(masks: jnp.ndarray, feats: jnp.ndarray,
   ``v[b, c] = sum_p masks[b, p, c] feats[b, p] / (sum_p masks[b, p, c] + eps)``
 
   Args:
-    masks: ``[B, P, C]``; feats: ``[B, P, D]``.
+    masks: ``[..., P, C]``; feats: ``[..., P, D]`` (leading axes broadcast).
 
   Returns:
-    ``[B, C, D]``.
+    ``[..., C, D]``.
   """
-  num = jnp.einsum('bpc,bpd->bcd', masks, feats)
-  return num / (jnp.sum(masks, axis=1)[..., None] + eps)
+  num = jnp.einsum('...pc,...pd->...cd', masks, feats)
+  return num / (jnp.sum(masks, axis=-2)[..., None] + eps)
 
 
 def masked_softmax(logits: jnp.ndarray, key_mask: jnp.ndarray) -> jnp.ndarray:
@@ -137,8 +137,37 @@ class PixelAttention(nn.Module):
     return nn.LayerNorm(name='norm')(pixels + out.reshape(b, h, w, d))
 
 
+class CrossDomainAttention(nn.Module):
+  """MST attention from one domain's prototypes to every other domain's.
+
+  ``B[k<-j] = softmax_c(Q(q) K(v_j)^T / sqrt(D))`` separately for each key
+  domain j (a ``C_k x C_j`` association for any class counts), output
+  ``W(sum_j B[k<-j] V(v_j))``. Q, K, V, W are shared by all domain pairs, so
+  adding a domain adds no association parameters.
+
+  Shapes: queries ``[..., Cq, D]``, keys ``[..., J, Ck, D]``, key_mask
+  ``[..., J, Ck]``; returns ``([..., Cq, D], attention [..., J, Cq, Ck])``.
+  """
+  dim: int
+
+  @nn.compact
+  def __call__(self, queries, keys, key_mask):
+    q = nn.Dense(self.dim, name='query')(queries)
+    k = nn.Dense(self.dim, name='key')(keys)
+    v = nn.Dense(self.dim, name='value')(keys)
+    logits = jnp.einsum('...qd,...jkd->...jqk', q, k) / math.sqrt(self.dim)
+    attn = masked_softmax(logits, key_mask[..., None, :])
+    out = jnp.einsum('...jqk,...jkd->...qd', attn, v)
+    return nn.Dense(self.dim, name='out')(out), attn
+
+
 class SST(nn.Module):
   """MSA + MSE + MST over the parser's features; returns the SST losses.
+
+  All domains are handled at once: class axes are padded to the largest
+  class count ``C`` with masks, and each sample selects its own domain, so
+  the cost does not grow with the number of domains beyond the per-domain
+  classifiers.
 
   Attributes:
     domain_names / num_classes: the label domains, in config order.
@@ -189,10 +218,30 @@ class SST(nn.Module):
       self.mse_cls = {n: nn.Dense(c, name=f'mse_cls_{n}') for n, c in
                       zip(self.domain_names, self.num_classes)}
     if self.use_mst:
-      self.mst_attn = ClassAttention(d)
+      self.mst_attn = CrossDomainAttention(d)
       self.mst_pixels = PixelAttention(d)
       self.mst_cls = {n: nn.Dense(c, name=f'mst_cls_{n}') for n, c in
                       zip(self.domain_names, self.num_classes)}
+
+  # Padding helpers -----------------------------------------------------------
+
+  @property
+  def c_max(self) -> int:
+    return max(self.num_classes)
+
+  def class_mask(self) -> jnp.ndarray:
+    """``[K, C]``: which padded class slots are real classes."""
+    return jnp.arange(self.c_max)[None, :] < jnp.asarray(self.num_classes)[
+        :, None]
+
+  def _pad(self, x, value=0.0):
+    return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, self.c_max - x.shape[-1])],
+                   constant_values=value)
+
+  def _select_own(self, per_domain, own):
+    """Each sample's own-domain entry of ``[B, ..., C_k]`` arrays, padded."""
+    stacked = jnp.stack([self._pad(x, NEG_INF) for x in per_domain], axis=1)
+    return jnp.einsum('bk,bk...->b...', own.astype(stacked.dtype), stacked)
 
   # MSA ----------------------------------------------------------------------
 
@@ -200,43 +249,50 @@ class SST(nn.Module):
     """Multi-scale prototypes of every domain for every image.
 
     Returns:
-      feats ``{scale: [B, h, w, D]}``, protos ``{name: [B, C, D]}``,
-      present ``{name: [B, C]}``, gt masks at stride 4 ``{name: [B,h,w,C]}``.
+      feats ``{scale: [B, h, w, D]}``; protos ``[B, K, C, D]``; present
+      ``[B, K, C]``; own-domain soft ground truth at stride 4 ``[B, h, w, C]``.
     """
     feats = {s: self.proj[s](aux[s].astype(jnp.float32)) for s in self.scales}
     fuse = jax.nn.softmax(self.scale_weights)
     grid = feats[self.scales[-1]].shape[1:3]
-    protos, present, gt_masks = {}, {}, {}
-    for j, (name, c) in enumerate(zip(self.domain_names, self.num_classes)):
-      own = (domain == j)[:, None, None, None]
-      probs = jax.lax.stop_gradient(jax.nn.softmax(logits[name], axis=-1))
-      gt = soft_label_masks(label, c, grid)
-      gt_masks[name] = gt
-      v = 0.0
-      for w, s in zip(fuse, self.scales):
-        size = feats[s].shape[1:3]
-        gt_s = gt if size == grid else soft_label_masks(label, c, size)
-        pred_s = probs if size == probs.shape[1:3] else (
-            layers.adaptive_avg_pool(probs, tuple(size)))
-        m = jnp.where(own, gt_s, pred_s)
-        b, h, ww, _ = m.shape
-        v = v + w * masked_pool(m.reshape(b, h * ww, c),
-                                feats[s].reshape(b, h * ww, self.dim))
-      mass_gt = jnp.sum(gt, axis=(1, 2))
-      mass_pred = jnp.sum(probs, axis=(1, 2))
-      present[name] = jnp.where(own[:, :, 0, 0], mass_gt > 0,
-                                mass_pred >= self.present_threshold)
-      protos[name] = v
-    return feats, protos, present, gt_masks
+    own = jax.nn.one_hot(domain, len(self.domain_names), dtype=bool)
+    real = self.class_mask()[domain]                               # [B, C]
+    gt = {}
+    for s in self.scales:
+      size = tuple(feats[s].shape[1:3])
+      if size not in gt:
+        gt[size] = soft_label_masks(label, self.c_max, size) * real[
+            :, None, None, :]
+    probs = jax.lax.stop_gradient(jnp.stack(
+        [self._pad(jax.nn.softmax(logits[n], axis=-1))
+         for n in self.domain_names], axis=1))                   # [B,K,h,w,C]
+    b, k = probs.shape[:2]
+    protos = 0.0
+    for w, s in zip(fuse, self.scales):
+      size = tuple(feats[s].shape[1:3])
+      pred = probs if size == tuple(grid) else layers.adaptive_avg_pool(
+          probs.reshape((b * k,) + probs.shape[2:]), size).reshape(
+              (b, k) + size + (self.c_max,))
+      m = jnp.where(own[:, :, None, None, None], gt[size][:, None], pred)
+      p = size[0] * size[1]
+      protos = protos + w * masked_pool(
+          m.reshape(b, k, p, self.c_max),
+          feats[s].reshape(b, 1, p, self.dim))
+    gt_grid = gt[tuple(grid)]
+    mass_gt = jnp.sum(gt_grid, axis=(1, 2))                        # [B, C]
+    mass_pred = jnp.sum(probs, axis=(2, 3))                        # [B,K,C]
+    present = jnp.where(own[..., None], (mass_gt > 0)[:, None],
+                        mass_pred >= self.present_threshold)
+    return feats, protos, present & self.class_mask()[None], gt_grid
 
   def update_memory(self, protos, present, domain):
     """EMA of each class's ground-truth prototype over the global batch."""
     m = self.memory_momentum
-    for j, name in enumerate(self.domain_names):
-      use = present[name] & (domain == j)[:, None]             # [B, C]
-      cnt = jnp.sum(use, axis=0).astype(jnp.float32)          # [C]
+    for j, (name, c) in enumerate(zip(self.domain_names, self.num_classes)):
+      use = present[:, j, :c] & (domain == j)[:, None]           # [B, C_j]
+      cnt = jnp.sum(use, axis=0).astype(jnp.float32)
       mean = jnp.einsum('bc,bcd->cd', use.astype(jnp.float32),
-                        jax.lax.stop_gradient(protos[name])) / jnp.maximum(
+                        jax.lax.stop_gradient(protos[:, j, :c])) / jnp.maximum(
                             cnt, 1.0)[:, None]
       mem = self.memory[name].value
       seen = mem['count'] > 0
@@ -245,131 +301,129 @@ class SST(nn.Module):
           'proto': jnp.where((cnt > 0)[:, None], new, mem['proto']),
           'count': mem['count'] + cnt}
 
-  def memory_prototypes(self, name):
-    mem = self.memory[name].value
-    return jax.lax.stop_gradient(mem['proto']), mem['count'] > 0
+  def memory_prototypes(self):
+    """Padded memory ``[K, C, D]`` (stop-gradient) and filled rows ``[K, C]``."""
+    protos = jnp.stack([self._pad(self.memory[n].value['proto'].T).T
+                        for n in self.domain_names])
+    filled = jnp.stack([self._pad(self.memory[n].value['count'] > 0)
+                        for n in self.domain_names])
+    return jax.lax.stop_gradient(protos), filled
 
-  # MSE / MST -----------------------------------------------------------------
+  # Associations ----------------------------------------------------------------
 
-  def transitions(self, k_name: str) -> dict:
-    """``{j: T[j->k]}`` from the memory prototypes (``[C_j, C_k]``)."""
-    vk, pk = self.memory_prototypes(k_name)
-    out = {}
-    for j_name in self.domain_names:
-      if j_name == k_name:
-        continue
-      vj, pj = self.memory_prototypes(j_name)
-      _, assoc, _ = self.mst_attn(vk, vj, pj)
-      out[j_name] = transition_matrix(assoc * pk[:, None])
-    return out
+  def memory_associations(self) -> jnp.ndarray:
+    """``B[k<-j]`` between the memory prototypes, ``[K, K, C, C]``."""
+    protos, filled = self.memory_prototypes()
+    k = len(self.domain_names)
+    keys = jnp.broadcast_to(protos[None], (k,) + protos.shape)
+    mask = filled[None] & ~jnp.eye(k, dtype=bool)[..., None]
+    _, assoc = self.mst_attn(protos, keys, mask)
+    return assoc * filled[:, None, :, None]
 
   def associations(self) -> dict:
     """``{(k, j): B[k<-j]}`` ``[C_k, C_j]`` from memory (for pictures)."""
-    out = {}
-    for k_name in self.domain_names:
-      vk, _ = self.memory_prototypes(k_name)
-      for j_name in self.domain_names:
-        if j_name != k_name:
-          vj, pj = self.memory_prototypes(j_name)
-          out[(k_name, j_name)] = self.mst_attn(vk, vj, pj)[1]
-    return out
+    assoc = self.memory_associations()
+    return {(kn, jn): assoc[a, b, :kc, :jc]
+            for a, (kn, kc) in enumerate(zip(self.domain_names,
+                                             self.num_classes))
+            for b, (jn, jc) in enumerate(zip(self.domain_names,
+                                             self.num_classes)) if a != b}
 
-  def _classify(self, pixel_module, classifier, feats, prototypes, present):
-    return {s: classifier(pixel_module(feats[s], prototypes, present))
-            for s in self.scales}
+  def transitions(self, k_name: str) -> dict:
+    """``{j: T[j->k]}`` ``[C_j, C_k]`` from the memory prototypes."""
+    t = transition_matrix(self.memory_associations())            # [K,K,Cj,Ck]
+    a = self.domain_names.index(k_name)
+    kc = self.num_classes[a]
+    return {jn: t[a, b, :jc, :kc] for b, (jn, jc) in enumerate(
+        zip(self.domain_names, self.num_classes)) if b != a}
+
+  # Losses ----------------------------------------------------------------------
 
   def __call__(self, logits, aux, label, domain, train: bool = True):
     w = dict(self.weights or {})
-    names = self.domain_names
-    feats, protos, present, gt_masks = self.aggregate(logits, aux, label,
-                                                      domain)
+    feats, protos, present, gt = self.aggregate(logits, aux, label, domain)
     if train and not self.is_initializing():
       self.update_memory(protos, present, domain)
-    sums = {k: 0.0 for k in ('mse', 'mst', 'kd', 'cons', 'prior')}
-    counts = {k: 0.0 for k in sums}
+    k = len(self.domain_names)
+    own = jax.nn.one_hot(domain, k, dtype=bool)                    # [B, K]
+    v_own = jnp.einsum('bk,bkcd->bcd', own.astype(jnp.float32), protos)
+    p_own = jnp.any(own[..., None] & present, axis=1)              # [B, C]
+    grid = gt.shape[1:3]
+    coverage = jnp.sum(gt, axis=-1)                                # [B, h, w]
+    labelled = coverage > 0.5
+    terms = {}
 
-    def add(key, value_sum, count):
-      sums[key] = sums[key] + value_sum
-      counts[key] = counts[key] + count
-
-    grid = feats[self.scales[-1]].shape[1:3]
-
-    def seg_ce(scale_logits, gt, own):
+    def seg_ce(classifiers, pixels, prototypes):
       # Soft-target CE at the stride-4 grid against area-resized labels:
       # as informative as full resolution for the auxiliary classifiers, at
       # a sixteenth of the cost.
-      total, n = 0.0, 0.0
-      mine = own[:, None, None]
-      for lg in scale_logits.values():
-        logp = jax.nn.log_softmax(layers.resize_bilinear(lg, grid), axis=-1)
-        total += jnp.sum(jnp.where(mine, -jnp.sum(gt * logp, axis=-1), 0.0))
-        n += jnp.sum(jnp.where(mine, jnp.sum(gt, axis=-1), 0.0))
-      return total / len(scale_logits), n / len(scale_logits)
+      total, outs = 0.0, {}
+      for s in self.scales:
+        x = pixels(feats[s], prototypes, p_own)
+        lg = self._select_own([classifiers[n](x) for n in self.domain_names],
+                              own)
+        outs[s] = layers.resize_bilinear(lg, grid)
+        total += -jnp.sum(gt * jax.nn.log_softmax(outs[s], axis=-1))
+      n = jnp.sum(coverage) * len(self.scales)
+      return total / jnp.maximum(n, 1e-6), outs[self.scales[-1]]
 
-    for k, name in enumerate(names):
-      own = domain == k
-      vk, pk = protos[name], present[name]
-      teacher = None
-      if self.use_mse:
-        prior = cooccurrence_prior(gt_masks[name], self.prior_dilation)
-        bias = self.prior_scale * prior if self.prior == 'bias' else None
-        enh, attn, _ = self.mse_attn(vk, vk, pk, bias)
-        vk_enh = vk + enh
-        if self.prior == 'kl':
-          kl = jnp.sum(prior * (jnp.log(prior + 1e-6) - jnp.log(attn + 1e-6)),
-                       axis=-1)
-          rows = pk & own[:, None]
-          add('prior', jnp.sum(jnp.where(rows, kl, 0.0)), jnp.sum(rows))
-        out = self._classify(self.mse_pixels, self.mse_cls[name], feats,
-                             vk_enh, pk)
-        add('mse', *seg_ce(out, gt_masks[name], own))
-        teacher = out[self.scales[-1]]
+    teacher = None
+    v_enh = v_own
+    if self.use_mse:
+      prior = cooccurrence_prior(gt, self.prior_dilation)
+      bias = self.prior_scale * prior if self.prior == 'bias' else None
+      enh, attn, _ = self.mse_attn(v_own, v_own, p_own, bias)
+      v_enh = v_own + enh
+      if self.prior == 'kl':
+        kl = jnp.sum(prior * (jnp.log(prior + 1e-6) - jnp.log(attn + 1e-6)),
+                     axis=-1)
+        terms['prior'] = jnp.sum(jnp.where(p_own, kl, 0.0)) / jnp.maximum(
+            jnp.sum(p_own), 1.0)
+      terms['mse'], teacher = seg_ce(self.mse_cls, self.mse_pixels, v_enh)
+    if self.use_mst:
+      if self.other_prototypes == 'memory':
+        mem, filled = self.memory_prototypes()
+        keys = jnp.broadcast_to(mem[None], (own.shape[0],) + mem.shape)
+        key_mask = jnp.broadcast_to(filled[None], own.shape + filled.shape[1:])
       else:
-        vk_enh = vk
-      if self.use_mst:
-        transfer = 0.0
-        for j_name in names:
-          if j_name == name:
-            continue
-          if self.other_prototypes == 'memory':
-            vj, pj = self.memory_prototypes(j_name)
-            vj = jnp.broadcast_to(vj, (vk.shape[0],) + vj.shape)
-            pj = jnp.broadcast_to(pj, (vk.shape[0],) + pj.shape)
-          else:
-            vj, pj = protos[j_name], present[j_name]
-          t_out, _, _ = self.mst_attn(vk_enh, vj, pj)
-          transfer = transfer + t_out
-        out = self._classify(self.mst_pixels, self.mst_cls[name], feats,
-                             vk_enh + transfer, pk)
-        add('mst', *seg_ce(out, gt_masks[name], own))
-        teacher = out[self.scales[-1]]
+        keys, key_mask = protos, present
+      transfer, _ = self.mst_attn(v_enh, keys, key_mask & ~own[..., None])
+      terms['mst'], teacher = seg_ce(self.mst_cls, self.mst_pixels,
+                                     v_enh + transfer)
 
-      gt = gt_masks[name]
-      labelled = (jnp.sum(gt, axis=-1) > 0.5) & own[:, None, None]
-      # Self-distillation: enhanced/transferred predictions teach the head.
-      if teacher is not None and w.get('kd', 0.0) and (
-          self.target < 0 or self.target == k):
-        kd = losses.kl_divergence(jax.lax.stop_gradient(teacher),
-                                  logits[name], self.kd_temperature)
-        add('kd', jnp.sum(jnp.where(labelled, kd, 0.0)), jnp.sum(labelled))
-      # Cross-domain consistency: other heads, mapped into domain k through
-      # the learned transition, must explain domain k's labels.
-      if self.use_mst and w.get('cons', 0.0):
-        for j_name, t in self.transitions(name).items():
-          if self.target >= 0 and j_name != names[self.target]:
-            continue
-          q = jax.nn.softmax(logits[j_name], axis=-1) @ t       # [B,h,w,C_k]
-          ce = -jnp.sum(gt * jnp.log(q + 1e-6), axis=-1) / jnp.maximum(
-              jnp.sum(gt, axis=-1), 1e-6)
-          ready = jnp.any(self.memory_prototypes(j_name)[1])
-          mask = labelled & ready
-          add('cons', jnp.sum(jnp.where(mask, ce, 0.0)), jnp.sum(mask))
+    # Self-distillation: the enhanced/transferred prediction teaches the head.
+    if teacher is not None and w.get('kd', 0.0):
+      student = self._select_own([logits[n] for n in self.domain_names], own)
+      kd = losses.kl_divergence(jax.lax.stop_gradient(teacher), student,
+                                self.kd_temperature)
+      mask = labelled
+      if self.target >= 0:
+        mask &= (domain == self.target)[:, None, None]
+      terms['kd'] = jnp.sum(jnp.where(mask, kd, 0.0)) / jnp.maximum(
+          jnp.sum(mask), 1.0)
+
+    # Cross-domain consistency: every other head j, mapped into the sample's
+    # domain k through the learned transition T[j->k], must explain the
+    # domain-k labels. Starts once the memory holds prototypes.
+    if self.use_mst and w.get('cons', 0.0):
+      t = transition_matrix(self.memory_associations())           # [K,K,Cj,Ck]
+      t_own = jnp.einsum('bk,kj...->bj...', own.astype(jnp.float32), t)
+      probs = jnp.stack([self._pad(jax.nn.softmax(logits[n], axis=-1))
+                         for n in self.domain_names], axis=1)     # [B,J,h,w,C]
+      q = jnp.einsum('bjhwc,bjck->bjhwk', probs, t_own)
+      ce = -jnp.sum(gt[:, None] * jnp.log(q + 1e-6), axis=-1) / jnp.maximum(
+          coverage[:, None], 1e-6)                                 # [B,J,h,w]
+      ready = jnp.any(self.memory_prototypes()[1], axis=-1)        # [K]
+      pairs = ~own & ready[None, :] & jnp.any(own & ready[None, :], axis=1,
+                                              keepdims=True)
+      if self.target >= 0:
+        pairs &= (jnp.arange(k) == self.target)[None, :]
+      mask = pairs[:, :, None, None] & labelled[:, None]
+      terms['cons'] = jnp.sum(jnp.where(mask, ce, 0.0)) / jnp.maximum(
+          jnp.sum(mask), 1.0)
 
     metrics, total = {}, 0.0
-    for key in sums:
-      if not isinstance(sums[key], jnp.ndarray):
-        continue
-      value = sums[key] / jnp.maximum(counts[key], 1.0)
+    for key, value in terms.items():
       metrics[f'sst_{key}'] = value
       total = total + w.get(key, 0.0) * value
     return total, metrics
@@ -417,5 +471,5 @@ def association_images(sst_model: SST, sst_params, sst_memory, domains):
   for (k, j), matrix in sorted(assoc.items()):
     panels.append(heatmaps.heatmap(
         matrix, by_name[k].classes, by_name[j].classes,
-        title=f'{k} <- {j}'))
+        title=f"{k} <- {j}", normalize_rows=True))
   return {"associations": heatmaps.tile(panels)}
