@@ -211,7 +211,7 @@ def _row(name, images, seconds, compile_s, flops_per_image, peak):
   ips = images / seconds
   achieved = flops_per_image * ips
   mfu = f'{100 * achieved / peak:6.1f}%' if peak else '     -'
-  return (f'{name:<18}{seconds * 1e3:>11.1f}{ips:>10.2f}{compile_s:>10.1f}'
+  return (f'{name:<18}{seconds * 1e3:>11.1f}{ips:>10.3g}{compile_s:>10.1f}'
           f'{flops_per_image / 1e9:>13.2f}{achieved / 1e9:>12.1f}  {mfu}')
 
 

@@ -31,36 +31,34 @@ class Evaluator:
   def __init__(self, config, model, mesh, domains):
     self.config, self.model, self.mesh, self.domains = (config, model, mesh,
                                                         domains)
-    self._fns = {}
+    self._fns = None
 
-  def _compiled(self, domain):
-    if domain.name not in self._fns:
+  def _compiled(self):
+    if self._fns is None:
       cfg = self.config.eval
-      flip_perm = domain.flip_permutation if cfg.flip else None
-      step = functools.partial(
-          steps.eval_step, model=self.model, head=domain.name,
-          num_classes=domain.num_classes, flip_perm=flip_perm,
-          scales=tuple(cfg.scales))
+      names = tuple(d.name for d in self.domains)
+      flip_perms = ({d.name: d.flip_permutation for d in self.domains}
+                    if cfg.flip else None)
+      c_max = max(d.num_classes for d in self.domains)
+      kwargs = dict(model=self.model, domain_names=names,
+                    flip_perms=flip_perms, scales=tuple(cfg.scales))
       repl = parallel.replicated(self.mesh)
       data = parallel.data_sharding(self.mesh)
 
       def accumulate(variables, batch, total):
-        return total + step(variables, batch)
+        return total + steps.eval_step(variables, batch, num_classes=c_max,
+                                       **kwargs)
 
       def predict(variables, batch):
-        logits = steps.predict_logits(
-            variables, batch['image'], model=self.model, heads=(domain.name,),
-            flip_perms=None if flip_perm is None else {domain.name: flip_perm},
-            scales=tuple(cfg.scales))[domain.name]
-        lg = jnp.einsum('blh,bhwc->blwc', batch['resize_h'], logits)
-        lg = jnp.einsum('bmw,blwc->blmc', batch['resize_w'], lg)
-        return jnp.argmax(lg, axis=-1).astype(jnp.uint8)
+        return steps.eval_predictions(variables, batch,
+                                      **kwargs).astype(jnp.uint8)
 
-      self._fns[domain.name] = (
+      self._fns = (
           jax.jit(accumulate, in_shardings=(repl, data, repl),
                   out_shardings=repl, donate_argnums=2),
-          jax.jit(predict, in_shardings=(repl, data), out_shardings=data))
-    return self._fns[domain.name]
+          jax.jit(predict, in_shardings=(repl, data), out_shardings=data),
+          c_max)
+    return self._fns
 
   def __call__(self, variables, *, step: int, workdir: str | None = None,
                writer: writers.MetricWriter | None = None,
@@ -74,13 +72,12 @@ class Evaluator:
     results, vis_rows, titles = {}, [], []
     t0 = time.perf_counter()
     total_images = 0
+    accumulate, predict, c_max = self._compiled()
     for k, domain in enumerate(self.domains):
-      accumulate, predict = self._compiled(domain)
       batches, n = pipeline.eval_batches(
           domain.name, k, self.config.data, self.config.eval.batch_size,
           jax.process_index(), jax.process_count())
-      total = jax.device_put(
-          jnp.zeros((domain.num_classes,) * 2, jnp.int32),
+      total = jax.device_put(jnp.zeros((c_max, c_max), jnp.int32),
           parallel.replicated(self.mesh))
       for i, batch in enumerate(batches):
         device_batch = parallel.shard_batch(batch, self.mesh)
@@ -92,7 +89,9 @@ class Evaluator:
           titles += [domain.name] * min(self.config.eval.num_vis,
                                         len(preds))
       total_images += n
-      scores = metrics_lib.scores(jax.device_get(total), domain.classes)
+      c = domain.num_classes
+      scores = metrics_lib.scores(jax.device_get(total)[:c, :c],
+                                  domain.classes)
       scores.pop('iou')
       results[domain.name] = scores
     elapsed = time.perf_counter() - t0

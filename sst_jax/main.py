@@ -1,5 +1,7 @@
 """Entry point: ``python -m sst_jax.main --config=<file> --workdir=<dir>``."""
 
+import os
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -18,6 +20,9 @@ flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize() '
 flags.DEFINE_string('coordinator_address', None, 'host:port of process 0.')
 flags.DEFINE_integer('num_processes', None, 'Number of processes.')
 flags.DEFINE_integer('process_id', None, 'This process index.')
+flags.DEFINE_string('compilation_cache', '~/.cache/sst_jax/jit',
+                    'Persistent XLA compilation cache ("" disables): a '
+                    'resumed or repeated run skips compilation.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -28,6 +33,10 @@ def main(argv):
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes,
                                process_id=FLAGS.process_id)
+  if FLAGS.compilation_cache:
+    jax.config.update('jax_compilation_cache_dir',
+                      os.path.expanduser(FLAGS.compilation_cache))
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
   logging.info('JAX process %d/%d, local devices %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -139,20 +139,48 @@ def predict_logits(variables, image, *, model, heads: Sequence[str],
           for h, vs in views.items()}
 
 
-def eval_step(variables, batch, *, model, head: str, num_classes: int,
-              flip_perm: np.ndarray | None = None,
-              scales: Sequence[float] = (1.0,)) -> jnp.ndarray:
-  """Confusion matrix of one batch of ``head``'s domain, original resolution.
+def own_domain_logits(logits: dict, domain, domain_names) -> jnp.ndarray:
+  """Each sample's own-head logits, class axis padded to the largest head.
 
-  ``resize_h``/``resize_w`` map input-resolution predictions onto the
-  original label grid; padding examples (``valid=False``) are not counted.
+  Padding classes get a large negative logit, so ``argmax`` never picks them.
   """
-  logits = predict_logits(
-      variables, batch['image'], model=model, heads=(head,),
-      flip_perms=None if flip_perm is None else {head: flip_perm},
-      scales=scales)[head]
-  lg = jnp.einsum('blh,bhwc->blwc', batch['resize_h'], logits)
+  c_max = max(logits[n].shape[-1] for n in domain_names)
+  stacked = jnp.stack([
+      jnp.pad(logits[n], [(0, 0)] * 3 + [(0, c_max - logits[n].shape[-1])],
+              constant_values=-1e9) for n in domain_names], axis=1)
+  own = jax.nn.one_hot(domain, len(domain_names), dtype=stacked.dtype)
+  return jnp.einsum('bk,bkhwc->bhwc', own, stacked)
+
+
+def eval_predictions(variables, batch, *, model, domain_names: Sequence[str],
+                     flip_perms: dict | None = None,
+                     scales: Sequence[float] = (1.0,)) -> jnp.ndarray:
+  """Class ids at the original label resolution, each sample's own head.
+
+  One compiled function serves every domain: all heads are evaluated (1x1
+  convolutions, negligible) and each sample keeps its own domain's.
+  ``resize_h``/``resize_w`` map input-resolution predictions onto the
+  original label grid.
+  """
+  logits = predict_logits(variables, batch['image'], model=model,
+                          heads=tuple(domain_names), flip_perms=flip_perms,
+                          scales=scales)
+  lg = own_domain_logits(logits, batch['domain'], domain_names)
+  lg = jnp.einsum('blh,bhwc->blwc', batch['resize_h'], lg)
   lg = jnp.einsum('bmw,blwc->blmc', batch['resize_w'], lg)
-  pred = jnp.argmax(lg, axis=-1)
+  return jnp.argmax(lg, axis=-1)
+
+
+def eval_step(variables, batch, *, model, domain_names: Sequence[str],
+              num_classes: int, flip_perms: dict | None = None,
+              scales: Sequence[float] = (1.0,)) -> jnp.ndarray:
+  """``[C, C]`` confusion matrix of one batch (C = largest class count).
+
+  Padding examples (``valid=False``) are not counted. Batches hold one
+  domain each, so the caller accumulates one matrix per domain.
+  """
+  pred = eval_predictions(variables, batch, model=model,
+                          domain_names=domain_names, flip_perms=flip_perms,
+                          scales=scales)
   return metrics_lib.confusion_matrix(pred, batch['label'], num_classes,
                                       batch['valid'][:, None, None])

@@ -7,7 +7,6 @@ dummy data to array_record and train the real configs on it.
 
 import json
 import os
-import pathlib
 
 import numpy as np
 import pytest
@@ -248,6 +247,9 @@ def shrink(config, data_dir, steps):
     config.data.data_dir = str(data_dir)
     config.total_steps = steps
     config.batch_size = 8
+    # One device: the 8-device path is tested in test_train.py; here XLA's
+    # SPMD partitioning would only add compile time.
+    config.num_devices = 1
     config.log_every = 1
     config.eval_every = steps
     config.checkpoint_every = steps
@@ -263,6 +265,7 @@ def shrink(config, data_dir, steps):
     config.data.eval_label_size = 48
     config.data.num_threads = 1
     config.eval.batch_size = 8
+    config.eval.flip = False  # Half the evaluation program to compile.
     config.eval.num_vis = 1
     config.sst.dim = 16
   return config
@@ -285,8 +288,7 @@ def test_universal_r101_trains_on_built_dummy_data(built_data_dir, tmp_path):
   assert record['step'] == 3
   for name in names:
     assert 0.0 <= record[name]['miou'] <= 1.0
-  assert (pathlib.Path(tmp_path) / 'checkpoints' / '3').exists() or any(
-      p.name == '3' for p in pathlib.Path(tmp_path).rglob('3'))
+  assert (tmp_path / 'checkpoints' / '3').is_dir()
 
 
 def test_dedicated_r101_trains_on_built_dummy_data(built_data_dir, tmp_path):
@@ -299,4 +301,4 @@ def test_dedicated_r101_trains_on_built_dummy_data(built_data_dir, tmp_path):
   assert 'pascal_person_part' in results
   record = eval_records(tmp_path)[-1]
   assert record['step'] == 2 and 'pascal_person_part' in record
-  assert any(p.name == '2' for p in pathlib.Path(tmp_path).rglob('2'))
+  assert (tmp_path / 'checkpoints' / '2').is_dir()
