@@ -77,13 +77,14 @@ class Evaluator:
       batches, n = pipeline.eval_batches(
           domain.name, k, self.config.data, self.config.eval.batch_size,
           jax.process_index(), jax.process_count())
-      total = jax.device_put(jnp.zeros((c_max, c_max), jnp.int32),
-          parallel.replicated(self.mesh))
+      total = parallel.constant(
+          lambda: jnp.zeros((c_max, c_max), jnp.int32), self.mesh)
       for i, batch in enumerate(batches):
         device_batch = parallel.shard_batch(batch, self.mesh)
         total = accumulate(variables, device_batch, total)
         if i == 0 and self.config.eval.num_vis and workdir:
-          preds = jax.device_get(predict(variables, device_batch))
+          preds = parallel.local_rows(predict(variables, device_batch),
+                                      self.mesh)
           vis_rows += _vis_rows(batch, preds, domain,
                                 self.config.eval.num_vis)
           titles += [domain.name] * min(self.config.eval.num_vis,

@@ -53,8 +53,31 @@ def shard_batch(batch: dict, mesh) -> dict:
 
 
 def replicate(tree, mesh):
-  """Puts a host pytree on every device of the mesh."""
-  return jax.device_put(tree, replicated(mesh))
+  """Puts a host pytree (the same on every process) on every device.
+
+  Works with any number of processes: each process fills only its own
+  devices (``jax.device_put`` onto non-addressable devices would fail).
+  """
+  sharding = replicated(mesh)
+
+  def put(x):
+    x = np.asarray(jax.device_get(x))
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+  return jax.tree.map(put, tree)
+
+
+def constant(fn, mesh):
+  """Evaluates ``fn()`` directly into replicated arrays on the mesh."""
+  return jax.jit(fn, out_shardings=replicated(mesh))()
+
+
+def local_rows(array, mesh):
+  """This process's rows of a batch-sharded global array, on the host."""
+  if jax.process_count() == 1:
+    return jax.device_get(array)
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.global_array_to_host_local_array(
+      array, mesh, P('data')))
 
 
 def is_main_process() -> bool:

@@ -171,9 +171,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     writers.echo(f'resuming from {manager.directory} step {start_step}')
   elif config.init_from:
     params, model_state, _ = load_init_from(config, domains, state)
-    state = jax.device_put(state.replace(
+    state = parallel.replicate(state.replace(
         params=params, model_state=model_state, opt_state=tx.init(params)),
-                           repl)
+                               mesh)
   elif config.init.backbone:
     from sst_jax.models import pretrained
     variables = steps.parser_variables(*jax.device_get(
@@ -183,8 +183,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     params = dict(state.params, parser=variables['params'])
     model_state = dict(state.model_state,
                        batch_stats=variables['batch_stats'])
-    state = jax.device_put(state.replace(params=params,
-                                         model_state=model_state), repl)
+    state = parallel.replicate(state.replace(params=params,
+                                             model_state=model_state), mesh)
     logging.info('backbone weights from %s: %s', config.init.backbone, report)
   if start_step >= config.total_steps:
     writers.echo(f'{workdir} already holds the final checkpoint (step '
@@ -215,7 +215,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       donate_argnums=0,
       in_shardings=(repl, parallel.data_sharding(mesh), repl),
       out_shardings=(repl, repl))
-  rng = jax.device_put(jax.random.key(config.seed + 1), repl)
+  rng = parallel.constant(lambda: jax.random.key(config.seed + 1), mesh)
 
   def save(step, force=False):
     checkpointing.save(manager, step, state, data_iter.get_state(),

@@ -247,9 +247,6 @@ def shrink(config, data_dir, steps):
     config.data.data_dir = str(data_dir)
     config.total_steps = steps
     config.batch_size = 8
-    # One device: the 8-device path is tested in test_train.py; here XLA's
-    # SPMD partitioning would only add compile time.
-    config.num_devices = 1
     config.log_every = 1
     config.eval_every = steps
     config.checkpoint_every = steps

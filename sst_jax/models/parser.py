@@ -25,9 +25,8 @@ class ConvBNReLU(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = nn.Conv(self.features, (self.kernel, self.kernel),
-                padding=self.kernel // 2, use_bias=False, dtype=self.dtype,
-                name='conv')(x)
+    x = layers.conv(self.features, (self.kernel, self.kernel),
+                    padding=self.kernel // 2, dtype=self.dtype, name='conv')(x)
     x = resnet.norm_layer(train, self.dtype, 'bn')(x)
     return nn.relu(x)
 
@@ -83,7 +82,8 @@ class EdgeBranch(nn.Module):
           feats[name], train)
       outs.append(layers.resize_bilinear(y, size))
     x = jnp.concatenate(outs, axis=-1)
-    return nn.Conv(2, (1, 1), dtype=self.dtype, name='edge_head')(x), x
+    return layers.conv(2, (1, 1), use_bias=True, dtype=self.dtype,
+                       name='edge_head')(x), x
 
 
 class Parser(nn.Module):
@@ -142,8 +142,9 @@ class Parser(nn.Module):
       aux['decoder'] = decoder
     names = self.num_classes if heads is None else heads
     logits = {
-        name: nn.Conv(self.num_classes[name], (1, 1), dtype=self.dtype,
-                      name=f'head_{name}')(decoder).astype(jnp.float32)
+        name: layers.conv(self.num_classes[name], (1, 1), use_bias=True,
+                          dtype=self.dtype, name=f'head_{name}')(
+                              decoder).astype(jnp.float32)
         for name in names
     }
     return logits, aux

@@ -12,6 +12,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from sst_jax.models import layers
+
 ModuleDef = Any
 
 # name -> (block, stage sizes)
@@ -118,7 +120,7 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False) -> dict[str, jnp.ndarray]:
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+    conv = functools.partial(layers.conv, use_bias=False, dtype=self.dtype)
     block_cls = BasicBlock if self.block == 'basic' else Bottleneck
     x = x.astype(self.dtype)
     if self.deep_stem:
