@@ -52,8 +52,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # Model/input presets; explicit flags override them.
 PRESETS = {
     # The model of configs/synthetic.py.
-    'synthetic': dict(backbone='resnet18', width=32, output_stride=8,
-                      context_features=128, decoder_features=96,
+    'synthetic': dict(backbone='resnet18', width=24, output_stride=16,
+                      context_features=96, decoder_features=64,
                       resolution=128, batch=16),
     # CE2P/SCHP-size parser (standard ResNet-101, 7x7 stem).
     'resnet101': dict(backbone='resnet101', width=64, output_stride=8,
