@@ -32,13 +32,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.width = 64
   c.model.output_stride = 8
   c.model.deep_stem = False
+  c.model.dilate_first_block = False  # SCHP's dilation layout
   c.model.context_features = 512
   c.model.decoder_features = 256
   c.model.psp_bins = (1, 2, 3, 6)
   c.model.edge = False
 
   c.init = ml_collections.ConfigDict()
-  c.init.backbone = ''        # ImageNet ResNet weights (.pth/.safetensors/.npz)
+  c.init.backbone = ''        # ImageNet ResNet or SCHP weights (.pth/.safetensors/.npz)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = 'sgd'        # 'sgd' | 'adamw'

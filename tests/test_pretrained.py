@@ -502,3 +502,33 @@ def test_schp_affine_matrix_centres_and_fits_the_image():
   np.testing.assert_allclose(out[0, 0], 0.0, atol=1e-4)
   np.testing.assert_allclose(out[1, 0], 473.0, atol=1e-3)
   np.testing.assert_allclose(out[2], [236.5, 236.5], atol=1e-3)
+
+
+def test_schp_checkpoint_initializes_a_parser_backbone(tmp_path):
+  """SCHP weights -> the backbone of a multi-head parser for SST training."""
+  _, checkpoint = _schp_checkpoint(20, seed=4)
+  path = tmp_path / 'exp-schp-lip.pth'
+  torch.save(checkpoint, path)
+  state = pretrained.load_torch_state_dict(path)
+  model = parser.Parser(num_classes={'lip': 20, 'pascal_person_part': 7},
+                        backbone='resnet50', width=16, output_stride=16,
+                        deep_stem=True, dilate_first_block=True,
+                        context_features=32, decoder_features=16)
+  variables = jax.tree.map(lambda s: np.full(s.shape, 0.5, s.dtype),
+                           pretrained.abstract_variables(model))
+  loaded, report = pretrained.load_backbone_into(variables, path)
+  assert any(n.startswith('fushion.') for n in report.ignored)
+  assert any(n.startswith('context_encoding.') for n in report.ignored)
+  assert not any(n.split('/')[1] == 'backbone' for n in report.not_loaded)
+  np.testing.assert_array_equal(
+      loaded['params']['backbone']['conv3']['kernel'],
+      state['conv3.weight'].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(
+      loaded['batch_stats']['backbone']['layer4_2']['bn2']['mean'],
+      state['layer4.2.bn2.running_mean'])
+  # The backbone computes what SCHP's backbone computes.
+  module, schp_vars = pretrained.import_schp(path, 'lip')
+  image = random_image(64, seed=5)
+  _, ours = model.apply(loaded, image)
+  _, theirs = module.apply(schp_vars, image)
+  np.testing.assert_allclose(ours['res5'], theirs['res5'], atol=1e-4)

@@ -95,6 +95,8 @@ class Parser(nn.Module):
     width: backbone base width (64 = standard).
     output_stride: backbone output stride, 8 or 16.
     deep_stem: three-conv stem.
+    dilate_first_block: the first block of a dilated stage is dilated too
+      (SCHP's layout; no effect on parameter shapes).
     context_features, decoder_features: channel widths.
     psp_bins: PSP pooling grid sizes.
     edge: add the CE2P edge branch (``aux['edge']`` logits).
@@ -105,6 +107,7 @@ class Parser(nn.Module):
   width: int = 64
   output_stride: int = 8
   deep_stem: bool = False
+  dilate_first_block: bool = False
   context_features: int = 512
   decoder_features: int = 256
   psp_bins: Sequence[int] = (1, 2, 3, 6)
@@ -125,7 +128,8 @@ class Parser(nn.Module):
     """
     feats = resnet.make_resnet(
         self.backbone, width=self.width, output_stride=self.output_stride,
-        deep_stem=self.deep_stem, dtype=self.dtype, name='backbone')(
+        deep_stem=self.deep_stem, dilate_first_block=self.dilate_first_block,
+        dtype=self.dtype, name='backbone')(
             image, train)
     context = PyramidPooling(self.context_features, self.psp_bins,
                              self.dtype, name='context')(feats['res5'], train)
@@ -158,6 +162,7 @@ def make_parser(model_config, domain_names: Sequence[str],
       backbone=model_config.backbone, width=model_config.width,
       output_stride=model_config.output_stride,
       deep_stem=model_config.deep_stem,
+      dilate_first_block=model_config.get('dilate_first_block', False),
       context_features=model_config.context_features,
       decoder_features=model_config.decoder_features,
       psp_bins=tuple(model_config.psp_bins), edge=model_config.edge,

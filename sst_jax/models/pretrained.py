@@ -485,7 +485,34 @@ def load_backbone_into(
     ValueError: on source tensors without a target or with the wrong shape.
   """
   state_dict = _as_state_dict(source, weights_only)
-  return import_resnet(state_dict, variables, prefix)
+  state_dict, dropped = split_schp_backbone(state_dict)
+  variables, report = import_resnet(state_dict, variables, prefix)
+  report.ignored.extend(dropped)
+  return variables, report
+
+
+# The parts of an SCHP AugmentCE2P checkpoint that are not its ResNet.
+SCHP_HEAD_PREFIXES = ('context_encoding.', 'edge.', 'decoder.', 'fushion.')
+
+
+def split_schp_backbone(
+    state_dict: Mapping[str, np.ndarray]) -> tuple[dict, list[str]]:
+  """Keeps the ResNet tensors of an SCHP checkpoint (a no-op for torchvision).
+
+  An SCHP checkpoint initializes an sst_jax parser's backbone (deep stem,
+  ResNet-101): its context, edge, decoder and fusion modules have no
+  counterpart in the CE2P-style parser and are reported as ignored.
+
+  Returns:
+    ``(backbone_state_dict, dropped_names)``.
+  """
+  kept, dropped = {}, []
+  for name, value in state_dict.items():
+    if name.startswith(SCHP_HEAD_PREFIXES):
+      dropped.append(name)
+    else:
+      kept[name] = value
+  return kept, sorted(dropped)
 
 
 # --------------------------------------------------------------------------
