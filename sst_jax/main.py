@@ -29,6 +29,10 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not FLAGS['verbosity'].present:
+    # Library INFO logs (checkpointing internals) would bury the progress
+    # lines; --verbosity=0 brings them back.
+    logging.set_verbosity(logging.WARNING)
   if FLAGS.multihost or FLAGS.coordinator_address:
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes,

@@ -123,8 +123,8 @@ def load_init_from(config, domains, state):
   params = merge_into(jax.device_get(state.params), raw['params'])
   model_state = merge_into(jax.device_get(state.model_state),
                            raw['model_state'])
-  logging.info('init_from %s step %d; new domains: %s', config.init_from,
-               step, new)
+  writers.echo(f'initialized from {config.init_from} step {step}'
+               + (f'; new domains: {", ".join(new)}' if new else ''))
   return params, model_state, new
 
 
@@ -185,7 +185,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
                        batch_stats=variables['batch_stats'])
     state = parallel.replicate(state.replace(params=params,
                                              model_state=model_state), mesh)
-    logging.info('backbone weights from %s: %s', config.init.backbone, report)
+    writers.echo(f'backbone weights from {config.init.backbone}: '
+                 f'{report.summary()}')
   if start_step >= config.total_steps:
     writers.echo(f'{workdir} already holds the final checkpoint (step '
                  f'{start_step}); evaluating it')
@@ -234,6 +235,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
                      extra_images=extra)
 
   # Train loop.
+  writers.echo(f'training steps {start_step + 1}-{config.total_steps}: '
+               f'global batch {config.batch_size} over {mesh.devices.size} '
+               f'devices, domains {", ".join(domain_names)} (the first step '
+               'compiles)')
   progress = writers.Progress(config.total_steps, start_step,
                               config.batch_size)
   pending, last_flush, results = [], start_step, None

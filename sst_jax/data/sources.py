@@ -9,9 +9,12 @@ not needed.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from sst_jax import domains as domains_lib
+from sst_jax import writers
 
 
 class TfdsSource:
@@ -77,7 +80,10 @@ class CachedSource:
   def __init__(self, source, key):
     self.domain = source.domain
     if key not in CachedSource._cache:
+      start = time.perf_counter()
       CachedSource._cache[key] = [source[i] for i in range(len(source))]
+      writers.echo(f'cached {len(source)} examples of {key[0]}/{key[1]} in '
+                   f'{time.perf_counter() - start:.1f} s')
     self._records = CachedSource._cache[key]
 
   def __len__(self) -> int:
