@@ -166,3 +166,33 @@ def test_end_to_end_outputs_and_mismatch_refusal(tmp_path):
   again = train.train_and_evaluate(config, workdir)
   for name in results:
     assert again[name]['miou'] == pytest.approx(results[name]['miou'])
+
+
+def test_init_backbone_from_imagenet_weights(tmp_path):
+  """``config.init.backbone`` loads torchvision-layout weights before step 1."""
+  from sst_jax.models import pretrained
+  config = tiny_config(total_steps=1, eval_every=0, checkpoint_every=1)
+  with config.unlocked():
+    config.optim.lr = 0.0          # the step must not move the parameters
+    config.optim.weight_decay = 0.0
+    config.eval.num_vis = 0
+  domains = train.validate_config(config)
+  model, _ = train.build_models(config, domains)
+  target = pretrained.abstract_variables(model, (32, 32))
+  shapes = pretrained.expected_torch_shapes(target,
+                                            pretrained.resnet_name_fn())
+  rng = np.random.default_rng(0)
+  state_dict = {k: rng.normal(size=s).astype(np.float32)
+                for k, s in shapes.items()}
+  path = str(tmp_path / 'imagenet.npz')
+  pretrained.save_npz(state_dict, path)
+  with config.unlocked():
+    config.init.backbone = path
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(config, workdir)
+  params = load_state(workdir)['params']['parser']['backbone']
+  np.testing.assert_allclose(
+      np.asarray(params['layer1_0']['conv1']['kernel']),
+      state_dict['layer1.0.conv1.weight'].transpose(2, 3, 1, 0), rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(params['bn1']['scale']),
+                             state_dict['bn1.weight'], rtol=1e-6)
