@@ -7,7 +7,6 @@ fetched once per domain.
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 

@@ -79,6 +79,3 @@ def local_rows(array, mesh):
   return np.asarray(multihost_utils.global_array_to_host_local_array(
       array, mesh, P('data')))
 
-
-def is_main_process() -> bool:
-  return jax.process_index() == 0

@@ -16,7 +16,6 @@ import functools
 from typing import Iterator, Sequence
 
 import grain
-import jax
 import numpy as np
 
 from sst_jax import domains as domains_lib
@@ -147,6 +146,3 @@ def eval_batches(domain_name: str, domain_index: int, data_cfg,
       prefetch_buffer_size=data_cfg.prefetch))
   return iter(it), n
 
-
-def process_info() -> tuple[int, int]:
-  return jax.process_index(), jax.process_count()

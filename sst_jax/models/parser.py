@@ -8,7 +8,6 @@ features that the SST modules and auxiliary losses read.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
