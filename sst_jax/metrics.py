@@ -20,6 +20,9 @@ def confusion_matrix(pred: jnp.ndarray, label: jnp.ndarray, num_classes: int,
   Pixels whose label is ``ignore_id`` or out of range, or where ``mask`` is
   false, are not counted.
   """
+  # uint8 labels would wrap around in ``label * num_classes``.
+  label = label.astype(jnp.int32)
+  pred = pred.astype(jnp.int32)
   valid = (label != ignore_id) & (label >= 0) & (label < num_classes)
   if mask is not None:
     valid &= mask

@@ -26,6 +26,21 @@ def test_confusion_matrix_matches_numpy_with_ignore():
   assert got.sum() == np.sum(label != 255)
 
 
+@pytest.mark.parametrize('pred_dtype', [np.uint8, np.int32])
+def test_confusion_matrix_uint8_labels_with_many_classes(pred_dtype):
+  # The pipeline delivers uint8 labels; with 20 classes ``label * C`` leaves
+  # the uint8 range for every class >= 13.
+  rng = np.random.default_rng(3)
+  c = 20
+  label = rng.integers(0, c, (2, 16, 16)).astype(np.uint8)
+  label[0, :3] = 255
+  pred = rng.integers(0, c, label.shape).astype(pred_dtype)
+  got = np.asarray(metrics.confusion_matrix(pred, label, c))
+  want = numpy_confusion(pred.astype(np.int64), label.astype(np.int64), c)
+  np.testing.assert_array_equal(got, want)
+  assert got[13:].sum() == np.sum((label >= 13) & (label < c))
+
+
 def test_mask_excludes_samples():
   rng = np.random.default_rng(1)
   label = rng.integers(0, 4, (2, 5, 5))
