@@ -17,11 +17,11 @@ def get_config(arg: str | None = None):
   config = config_lib.base_config()
   config.domains = ['synthetic_pascal', 'synthetic_atr', 'synthetic_cihp',
                     'synthetic_lip']
-  config.total_steps = 1000
+  config.total_steps = 2000
   config.batch_size = 16
   config.log_every = 25
-  config.eval_every = 500
-  config.checkpoint_every = 250
+  config.eval_every = 1000
+  config.checkpoint_every = 500
 
   config.model.backbone = 'resnet18'
   config.model.width = 24
@@ -34,13 +34,21 @@ def get_config(arg: str | None = None):
   config.optim.weight_decay = 1e-4
   config.optim.warmup_steps = 50
   config.optim.schedule = 'cosine'
+  config.loss.iou_weight = 1.0
 
   config.data.synthetic_size = 128
   config.data.cache = True
-  config.data.crop_size = 128
+  # Train on 96x96 crops of the 128x128 images (objects keep their size):
+  # 1.8x more steps in the same time than full images; evaluation is on the
+  # full 128x128 images.
+  config.data.crop_size = 96
   config.data.scale_range = (0.8, 1.25)
   config.data.eval_input_size = 128
   config.data.eval_label_size = 128
   config.eval.batch_size = 32
   config.sst.dim = 64
+  config.sst.rampup_steps = 300
+  # Dedicated variant: each other domain is sampled a third as often as the
+  # target, so half of every batch comes from the target domain.
+  config.sst.dedicated_other_weight = 1 / 3
   return config_lib.apply_variant(config, arg)

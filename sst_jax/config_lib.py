@@ -59,6 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.loss = ml_collections.ConfigDict()
   c.loss.edge_weight = 1.0    # used when model.edge
+  c.loss.iou_weight = 0.0     # soft-IoU term: every class weighs the same
 
   c.data = ml_collections.ConfigDict()
   c.data.data_dir = ''        # tfds data_dir of the built benchmarks
@@ -104,6 +105,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.sst.cons_weight = 0.1
   c.sst.kd_weight = 0.5
   c.sst.kd_temperature = 2.0
+  c.sst.rampup_steps = 0      # kd/cons weights ramp up over these steps
   c.sst.dedicated_other_weight = 1.0  # dedicated: mix weight of other domains
   return c
 

@@ -29,33 +29,32 @@ def pixel_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray,
   return jnp.where(valid, ce, 0.0), valid
 
 
-def multi_head_cross_entropy(logits: dict[str, jnp.ndarray],
-                             labels: jnp.ndarray, domain: jnp.ndarray,
-                             domain_names, ignore_id: int = IGNORE_ID):
-  """CE of every sample against its own domain's head only.
+def own_head_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray,
+                           num_classes: jnp.ndarray,
+                           ignore_id: int = IGNORE_ID) -> jnp.ndarray:
+  """Mean CE of every sample against its own domain's head.
 
-  Labels of a sample are only meaningful in its own label domain, so head
-  ``k`` sees only the pixels of samples with ``domain == k``. The result is
-  the mean over all valid pixels of the global batch, so a domain's share of
-  the gradient follows its share of the batch.
+  Labels of a sample are only meaningful in its own label domain, so each
+  sample is scored only by its own head. The result is the mean over all
+  valid pixels of the global batch, so a domain's share of the gradient
+  follows its share of the batch.
 
   Args:
-    logits: ``{name: [B, H, W, C_name]}`` at label resolution.
+    logits: ``[B, H, W, C]`` each sample's own-head logits at label
+      resolution, the class axis padded to the largest head with large
+      negative values (``steps.own_domain_logits``).
     labels: ``[B, H, W]`` int labels.
-    domain: ``[B]`` int index into ``domain_names``.
-    domain_names: head names in domain-index order.
+    num_classes: ``[B]`` class count of each sample's head; labels at or
+      above it are excluded like ``ignore_id``.
 
   Returns:
-    ``(loss, per_domain)``: scalar mean CE and ``{name: (sum, count)}``.
+    Scalar mean CE.
   """
-  total, count, per_domain = 0.0, 0.0, {}
-  for k, name in enumerate(domain_names):
-    ce, valid = pixel_cross_entropy(logits[name], labels, ignore_id)
-    mine = (domain == k)[:, None, None] & valid
-    s, c = jnp.sum(jnp.where(mine, ce, 0.0)), jnp.sum(mine)
-    per_domain[name] = (s, c)
-    total, count = total + s, count + c
-  return total / jnp.maximum(count, 1), per_domain
+  labels = labels.astype(jnp.int32)
+  in_head = labels < num_classes[:, None, None]
+  ce, valid = pixel_cross_entropy(
+      logits, jnp.where(in_head, labels, ignore_id), ignore_id)
+  return jnp.sum(ce) / jnp.maximum(jnp.sum(valid), 1)
 
 
 def edge_targets(labels: jnp.ndarray, ignore_id: int = IGNORE_ID,
@@ -102,3 +101,43 @@ def kl_divergence(target_logits: jnp.ndarray, logits: jnp.ndarray,
   t = jax.nn.log_softmax(target_logits / temperature, axis=-1)
   s = jax.nn.log_softmax(logits / temperature, axis=-1)
   return temperature**2 * jnp.sum(jnp.exp(t) * (t - s), axis=-1)
+
+
+def soft_iou_loss(logits: jnp.ndarray, labels: jnp.ndarray,
+                  domain: jnp.ndarray, num_domains: int,
+                  ignore_id: int = IGNORE_ID) -> jnp.ndarray:
+  """``1 - soft IoU``, averaged over the (domain, class) pairs in the batch.
+
+  Cross-entropy weighs a class by its pixel count, so thin and rare classes
+  (belt, sunglasses, glove) are learned last although mIoU counts every class
+  the same. This loss gives each class present in the global batch the same
+  weight: for domain ``k`` and class ``c`` over the pixels of domain-``k``
+  samples, ``I = sum p_c g_c`` and ``U = sum p_c + sum g_c - I`` with softmax
+  probabilities ``p`` and one-hot labels ``g``.
+
+  Args:
+    logits: ``[B, H, W, C]`` each sample's own-head logits at label
+      resolution; padding classes of smaller heads hold large negative
+      values (``steps.own_domain_logits``).
+    labels: ``[B, H, W]`` int labels (``ignore_id`` and values >= C are
+      excluded).
+    domain: ``[B]`` int domain index of each sample.
+    num_domains: number of domains.
+
+  Returns:
+    Scalar loss; 0 when no pixel is labelled.
+  """
+  num_classes = logits.shape[-1]
+  valid = (labels != ignore_id) & (labels >= 0) & (labels < num_classes)
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  probs = jnp.where(valid[..., None], probs, 0.0)
+  onehot = jax.nn.one_hot(jnp.where(valid, labels, 0), num_classes) * valid[
+      ..., None]
+  by_domain = jax.nn.one_hot(domain, num_domains)                # [B, K]
+  inter = jnp.einsum('bk,bhwc->kc', by_domain, probs * onehot)
+  pred = jnp.einsum('bk,bhwc->kc', by_domain, probs)
+  true = jnp.einsum('bk,bhwc->kc', by_domain, onehot)
+  present = true > 0
+  iou = inter / jnp.maximum(pred + true - inter, 1e-6)
+  return jnp.sum(jnp.where(present, 1.0 - iou, 0.0)) / jnp.maximum(
+      jnp.sum(present), 1)

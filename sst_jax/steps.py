@@ -36,13 +36,26 @@ def parser_variables(params, model_state) -> dict:
           'batch_stats': model_state['batch_stats']}
 
 
-def upsample_logits(logits: dict, size) -> dict:
-  return {k: layers.resize_bilinear(v, size) for k, v in logits.items()}
+def sst_rampup(step, rampup_steps: int):
+  """Factor in [0, 1] on the terms that learn from SST's own predictions.
+
+  A sigmoid-shaped ramp ``exp(-5 (1 - t)^2)``, ``t = step / rampup_steps``,
+  as in mean-teacher style consistency training: early predictions are noise
+  and distilling or transferring them slows the parser down.
+  """
+  if step is None or not rampup_steps:
+    return 1.0
+  t = jnp.clip(jnp.asarray(step, jnp.float32) / rampup_steps, 0.0, 1.0)
+  return jnp.exp(-5.0 * (1.0 - t) ** 2)
 
 
 def compute_losses(params, model_state, batch, rng, *, model, sst_model,
-                   domain_names: Sequence[str], cfg, train: bool = True):
+                   domain_names: Sequence[str], cfg, train: bool = True,
+                   step=None):
   """All training losses for one global batch.
+
+  ``step`` (the optimizer step, traced) drives ``cfg.sst.rampup_steps``;
+  None means fully ramped up.
 
   Returns:
     ``(loss, (metrics, new_model_state))``.
@@ -52,10 +65,19 @@ def compute_losses(params, model_state, batch, rng, *, model, sst_model,
       parser_variables(params, model_state), image, train=train,
       mutable=['batch_stats'])
   size = label.shape[1:3]
-  full = upsample_logits(logits, size)
-  ce, _ = losses.multi_head_cross_entropy(full, label, domain, domain_names)
+  # Each sample's own head, gathered at the logits' stride and then resized
+  # (bilinear resizing is per channel, so this equals resizing every head and
+  # picking afterwards, at a fraction of the cost).
+  own = layers.resize_bilinear(
+      own_domain_logits(logits, domain, domain_names), size)
+  num_classes = jnp.asarray([logits[n].shape[-1] for n in domain_names])
+  ce = losses.own_head_cross_entropy(own, label, num_classes[domain])
   loss = ce
   metrics = {'ce': ce}
+  if cfg.loss.iou_weight:
+    iou = losses.soft_iou_loss(own, label, domain, len(domain_names))
+    loss += cfg.loss.iou_weight * iou
+    metrics['iou'] = iou
   new_state = dict(model_state, batch_stats=updates['batch_stats'])
   if 'edge' in aux and cfg.loss.edge_weight:
     edge = losses.balanced_edge_loss(
@@ -63,10 +85,11 @@ def compute_losses(params, model_state, batch, rng, *, model, sst_model,
     loss += cfg.loss.edge_weight * edge
     metrics['edge'] = edge
   if sst_model is not None:
+    ramp = sst_rampup(step, cfg.sst.rampup_steps)
     (sst_loss, sst_metrics), sst_updates = sst_model.apply(
         {'params': params['sst'], 'sst_memory': model_state['sst_memory']},
-        logits, aux, label, domain, train=train, rngs={'dropout': rng},
-        mutable=['sst_memory'])
+        logits, aux, label, domain, train=train, ramp=ramp,
+        rngs={'dropout': rng}, mutable=['sst_memory'])
     loss += sst_loss
     metrics.update(sst_metrics)
     new_state['sst_memory'] = sst_updates['sst_memory']
@@ -87,7 +110,8 @@ def train_step(state: TrainState, batch: dict, rng, *, model, sst_model,
   grad_fn = jax.value_and_grad(compute_losses, has_aux=True)
   (loss, (metrics, model_state)), grads = grad_fn(
       state.params, state.model_state, batch, rng, model=model,
-      sst_model=sst_model, domain_names=domain_names, cfg=cfg)
+      sst_model=sst_model, domain_names=domain_names, cfg=cfg,
+      step=state.step)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   finite = jnp.isfinite(loss)

@@ -188,6 +188,24 @@ def test_all_zero_weights_reproduce_the_baseline_loss_exactly():
   assert float(with_sst) == float(baseline) == float(m2['ce'])
 
 
+def test_rampup_scales_only_the_kd_and_cons_terms():
+  config, domains, model, sst_model, state, batch = _setup(rampup_steps=100)
+  names = [d.name for d in domains]
+  common = dict(model=model, sst_model=sst_model, domain_names=names,
+                cfg=config)
+  args = (state.params, state.model_state, batch, jax.random.key(0))
+  ramped, (m0, _) = steps.compute_losses(*args, step=jnp.asarray(20),
+                                         **common)
+  full, (m1, _) = steps.compute_losses(*args, **common)
+  for key in ('ce', 'sst_mse', 'sst_mst', 'sst_kd', 'sst_cons'):
+    np.testing.assert_allclose(m0[key], m1[key], rtol=1e-6)
+  s = config.sst
+  late = s.kd_weight * m1['sst_kd'] + s.cons_weight * m1['sst_cons']
+  assert float(late) > 0
+  np.testing.assert_allclose(
+      full - ramped, (1 - steps.sst_rampup(20, 100)) * late, rtol=1e-4)
+
+
 @pytest.mark.parametrize('counts', [(3, 5), (7, 2, 11)])
 def test_association_shapes_for_any_class_counts(counts):
   doms = []

@@ -339,7 +339,9 @@ class SST(nn.Module):
 
   # Losses ----------------------------------------------------------------------
 
-  def __call__(self, logits, aux, label, domain, train: bool = True):
+  def __call__(self, logits, aux, label, domain, train: bool = True,
+               ramp=1.0):
+    """SST losses; ``ramp`` scales the kd and cons weights (warm-up)."""
     w = dict(self.weights or {})
     feats, protos, present, gt = self.aggregate(logits, aux, label, domain)
     if train and not self.is_initializing():
@@ -425,7 +427,8 @@ class SST(nn.Module):
     metrics, total = {}, 0.0
     for key, value in terms.items():
       metrics[f'sst_{key}'] = value
-      total = total + w.get(key, 0.0) * value
+      scale = ramp if key in ('kd', 'cons') else 1.0
+      total = total + scale * w.get(key, 0.0) * value
     return total, metrics
 
 
