@@ -17,11 +17,11 @@ def get_config(arg: str | None = None):
   config = config_lib.base_config()
   config.domains = ['synthetic_pascal', 'synthetic_atr', 'synthetic_cihp',
                     'synthetic_lip']
-  config.total_steps = 2000
+  config.total_steps = 1800
   config.batch_size = 16
   config.log_every = 25
-  config.eval_every = 1000
-  config.checkpoint_every = 500
+  config.eval_every = 900
+  config.checkpoint_every = 450
 
   config.model.backbone = 'resnet18'
   config.model.width = 24
@@ -48,6 +48,9 @@ def get_config(arg: str | None = None):
   config.eval.batch_size = 32
   config.sst.dim = 64
   config.sst.rampup_steps = 300
+  # Self-distillation into the plain heads lowered every domain's mIoU in
+  # the ablation (docs/results.md), so this recipe trains without it.
+  config.sst.kd_weight = 0.0
   # Dedicated variant: each other domain is sampled a third as often as the
   # target, so half of every batch comes from the target domain.
   config.sst.dedicated_other_weight = 1 / 3

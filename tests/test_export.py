@@ -21,25 +21,9 @@ from sst_jax.models import parser as parser_lib
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'configs'))
 import tiny  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+import helpers  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 SIZE = 32
-
-
-def _random_like(abstract, seed):
-  """Concrete random leaves for an abstract tree (no compilation needed).
-
-  Floats are random (BatchNorm variances positive), so a leaf that export
-  dropped or re-initialized would change the logits; integers are zero.
-  """
-  rng = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    if not jnp.issubdtype(leaf.dtype, jnp.floating):
-      return np.zeros(leaf.shape, leaf.dtype)
-    if jax.tree_util.keystr(path).endswith("['var']"):
-      return rng.uniform(0.5, 1.5, leaf.shape).astype(leaf.dtype)
-    return rng.normal(0, 0.3, leaf.shape).astype(leaf.dtype)
-
-  return jax.tree_util.tree_map_with_path(fill, abstract)
 
 
 def make_workdir(workdir, variant=None, seed=0):
@@ -53,7 +37,7 @@ def make_workdir(workdir, variant=None, seed=0):
   domains = train.validate_config(config)
   model, sst_model = train.build_models(config, domains)
   tx = optim.make_optimizer(config.optim, config.total_steps)
-  state = _random_like(jax.eval_shape(lambda r: train.init_train_state(
+  state = helpers.random_like(jax.eval_shape(lambda r: train.init_train_state(
       r, model=model, sst_model=sst_model, tx=tx, image_size=SIZE),
                                       jax.random.key(seed)), seed)
   manager = checkpointing.make_manager(workdir, async_save=False)

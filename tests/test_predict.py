@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 import pytest
@@ -22,6 +21,8 @@ from sst_jax import visualize
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'configs'))
 import tiny  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+import helpers  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 SIZE = 32  # tiny.py's data.eval_input_size
 
 
@@ -34,16 +35,7 @@ def _write_random_checkpoint(workdir, seed=0):
   abstract = jax.eval_shape(lambda r: train.init_train_state(
       r, model=model, sst_model=sst_model, tx=tx, image_size=SIZE),
                             jax.random.key(0))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    if not jnp.issubdtype(leaf.dtype, jnp.floating):
-      return np.zeros(leaf.shape, leaf.dtype)
-    if jax.tree_util.keystr(path).endswith("['var']"):
-      return rng.uniform(0.5, 1.5, leaf.shape).astype(leaf.dtype)
-    return rng.normal(0, 0.3, leaf.shape).astype(leaf.dtype)
-
-  state = jax.tree_util.tree_map_with_path(fill, abstract)
+  state = helpers.random_like(abstract, seed)
   manager = checkpointing.make_manager(workdir, async_save=False)
   checkpointing.save(manager, 1, state, {'next_index': 1},
                      train.checkpoint_metadata(config, domains, 1), force=True)
