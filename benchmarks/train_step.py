@@ -86,6 +86,8 @@ def load_config(variant: str, args):
     config.num_devices = args.num_devices
     config.optim.name = args.optimizer
     config.optim.warmup_steps = 0
+    # The PyTorch reference's loss is the own-head CE alone.
+    config.loss.iou_weight = 0.0
   return config
 
 
