@@ -80,6 +80,7 @@ def load_config(variant: str, args):
                 'decoder_features'):
       config.model[key] = getattr(args, key)
     config.model.deep_stem = args.deep_stem
+    config.model.conv_kernel_grad = getattr(args, 'conv_kernel_grad', 'auto')
     config.data.crop_size = args.resolution
     config.batch_size = args.batch
     config.dtype = args.dtype
@@ -224,6 +225,10 @@ def main(argv=None) -> None:
               'decoder_features', 'resolution', 'batch'):
     parser.add_argument(f'--{key}', type=str if key == 'backbone' else int)
   parser.add_argument('--deep_stem', action='store_true')
+  parser.add_argument('--conv_kernel_grad', default='auto',
+                      choices=('auto', 'xla', 'matmul'),
+                      help='config.model.conv_kernel_grad (auto: matmul on '
+                      'CPU, xla elsewhere)')
   parser.add_argument('--dtype', choices=('float32', 'bfloat16'),
                       default='float32')
   parser.add_argument('--optimizer', choices=('sgd', 'adamw'), default='sgd')
@@ -254,7 +259,8 @@ def main(argv=None) -> None:
         f'{jax.__version__}; {args.backbone} width {args.width} OS '
         f'{args.output_stride} ctx {args.context_features} dec '
         f'{args.decoder_features}, {args.resolution}x{args.resolution}, '
-        f'batch {args.batch}, {args.dtype}, {args.optimizer}; median of '
+        f'batch {args.batch}, {args.dtype}, {args.optimizer}, conv kernel '
+        f'grad {args.conv_kernel_grad}; median of '
         f'{args.steps} after {args.warmup} warm-up')
   print(f'{"":<18}{"ms/step":>11}{"img/s":>10}{"compile s":>10}'
         f'{"GFLOP/img":>13}{"GFLOP/s":>12}  {"MFU":>6}', flush=True)

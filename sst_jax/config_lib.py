@@ -37,6 +37,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.decoder_features = 256
   c.model.psp_bins = (1, 2, 3, 6)
   c.model.edge = False
+  # KxK convolutions' kernel gradient: 'auto' (matrix products per kernel
+  # tap on CPU, XLA's convolution elsewhere), 'xla' or 'matmul'.
+  c.model.conv_kernel_grad = 'auto'
 
   c.init = ml_collections.ConfigDict()
   c.init.backbone = ''        # ImageNet ResNet or SCHP weights (.pth/.safetensors/.npz)
@@ -116,8 +119,9 @@ def apply_variant(config: ml_collections.ConfigDict,
 
   Variants: ``sst`` (default), ``baseline`` (modules and losses off),
   ``<domain-suffix>`` e.g. ``pascal`` (that synthetic/real domain alone,
-  baseline), ``dedicated`` / ``dedicated=<domain>``, ``msa_mse``,
-  ``msa_mst``.
+  baseline), ``dedicated`` / ``dedicated=<domain>`` (the target sampled
+  with weight 1, the others with ``sst.dedicated_other_weight``; replaces
+  ``data.mix``), ``msa_mse``, ``msa_mst``.
   """
   arg = arg or 'sst'
   if arg == 'sst':
@@ -136,8 +140,13 @@ def apply_variant(config: ml_collections.ConfigDict,
     target = arg.split('=', 1)[1] if '=' in arg else config.domains[0]
     config.mode_sst = 'dedicated'
     config.target = _resolve(config, target)
+    # The target is sampled with weight 1, every other domain with
+    # sst.dedicated_other_weight, whatever the universal recipe's mix.
+    config.data.mix = ml_collections.ConfigDict()
   else:
     config.domains = [_resolve(config, arg)]
+    config.data.mix = ml_collections.ConfigDict(
+        {k: v for k, v in config.data.mix.items() if k in config.domains})
     disable_sst(config)
   config.lock()
   return config

@@ -20,6 +20,7 @@ from sst_jax import parallel
 from sst_jax import steps
 from sst_jax import writers
 from sst_jax.data import pipeline
+from sst_jax.models import layers
 from sst_jax.models import parser as parser_lib
 from sst_jax.models import sst as sst_lib
 
@@ -45,6 +46,7 @@ def validate_config(config) -> tuple[domains_lib.Domain, ...]:
   if config.mode not in ('train', 'eval'):
     raise ValueError(f"config.mode must be 'train' or 'eval', got "
                      f'{config.mode!r}')
+  layers.resolve_kernel_grad(config.model.get('conv_kernel_grad', 'auto'))
   return domains
 
 

@@ -81,6 +81,10 @@ def test_config_builds_model_and_domains(filename, arg):
     assert any(x.shape[-1] == d.num_classes for x in leaves), d.name
   if config.mode_sst == 'dedicated':
     assert config.target in config.domains
+    # Dedicated sampling comes from sst.dedicated_other_weight alone.
+    assert not config.data.mix
+  # The pipeline refuses a mix that names a domain outside config.domains.
+  assert set(config.data.mix) <= set(config.domains)
 
 
 def _num_params(tree):

@@ -140,13 +140,128 @@ class Conv1x1(nn.Module):
     return y
 
 
-def conv(features: int, kernel_size=(3, 3), strides=1, *, padding=0,
-         kernel_dilation=1, use_bias: bool = False, dtype=jnp.float32,
-         name: str | None = None) -> nn.Module:
-  """``nn.Conv`` (explicit symmetric padding), or :class:`Conv1x1` for 1x1."""
+KERNEL_GRAD_MODES = ('auto', 'xla', 'matmul')
+MATMUL_KERNEL_GRAD_MIN_CHANNELS = 128
+
+
+def resolve_kernel_grad(mode: str) -> str:
+  """``'auto'`` is ``'matmul'`` on the CPU backend and ``'xla'`` elsewhere."""
+  if mode not in KERNEL_GRAD_MODES:
+    raise ValueError(f'conv_kernel_grad must be one of {KERNEL_GRAD_MODES}, '
+                     f'got {mode!r}')
+  if mode == 'auto':
+    return 'matmul' if jax.default_backend() == 'cpu' else 'xla'
+  return mode
+
+
+def _conv_nhwc(x, kernel, strides: int, padding: int, dilation: int):
+  return jax.lax.conv_general_dilated(
+      x, kernel, (strides, strides), [(padding, padding)] * 2,
+      rhs_dilation=(dilation, dilation),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def _tap_inputs(x, kernel_hw, strides: int, padding: int, dilation: int,
+                out_hw) -> list[jnp.ndarray]:
+  """For each kernel tap ``(i, j)`` (row-major), the ``[N, oh, ow, C]``
+  input pixels that tap multiplies."""
+  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  oh, ow = out_hw
+  taps = []
+  for i in range(kernel_hw[0]):
+    for j in range(kernel_hw[1]):
+      start = (0, i * dilation, j * dilation, 0)
+      limit = (xp.shape[0], i * dilation + (oh - 1) * strides + 1,
+               j * dilation + (ow - 1) * strides + 1, xp.shape[3])
+      taps.append(jax.lax.slice(xp, start, limit, (1, strides, strides, 1)))
+  return taps
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv_matmul_kernel_grad(x, kernel, strides: int, padding: int,
+                            dilation: int):
+  """An NHWC/HWIO convolution whose kernel gradient is a matrix product per tap.
+
+  The forward pass and the input gradient are XLA's convolutions. The kernel
+  gradient ``dK[i, j] = sum_{n,h,w} x_tap(i,j)[n,h,w,:]^T g[n,h,w,:]`` is
+  computed as one ``[C, N*H*W] @ [N*H*W, O]`` product per tap instead of
+  XLA's transposed convolution, whose window is the whole feature map and
+  whose "batch" is the channel count: on XLA:CPU that form runs at a
+  fraction of the matmul rate (docs/results.md, "CPU train step").
+  """
+  return _conv_nhwc(x, kernel, strides, padding, dilation)
+
+
+def _cmkg_fwd(x, kernel, strides, padding, dilation):
+  return _conv_nhwc(x, kernel, strides, padding, dilation), (x, kernel)
+
+
+def _cmkg_bwd(strides, padding, dilation, residuals, g):
+  x, kernel = residuals
+  _, x_vjp = jax.vjp(
+      lambda x: _conv_nhwc(x, kernel, strides, padding, dilation), x)
+  (dx,) = x_vjp(g)
+  taps = _tap_inputs(x, kernel.shape[:2], strides, padding, dilation,
+                     g.shape[1:3])
+  if kernel.shape[2] > kernel.shape[3]:
+    # Contract with the narrower operand on the left: XLA:CPU transposes
+    # the left operand, so this moves fewer bytes.
+    dk = [jnp.einsum('nhwo,nhwc->oc', g, t).T for t in taps]
+  else:
+    dk = [jnp.einsum('nhwc,nhwo->co', t, g) for t in taps]
+  dk = jnp.stack(dk).reshape(kernel.shape).astype(kernel.dtype)
+  return dx, dk
+
+
+conv_matmul_kernel_grad.defvjp(_cmkg_fwd, _cmkg_bwd)
+
+
+class Conv(nn.Module):
+  """A KxK convolution, ``nn.Conv``-compatible, with a choice of gradient.
+
+  Same parameters as ``nn.Conv(features, kernel_size)`` with symmetric
+  integer padding (``kernel [kh, kw, in, out]``, optional ``bias``, same
+  initializers), so checkpoints and weight import do not depend on
+  ``kernel_grad``. ``kernel_grad='matmul'`` computes the kernel gradient
+  with :func:`conv_matmul_kernel_grad`; the forward pass and the input
+  gradient are the same in both modes. Convolutions reading fewer than
+  ``MATMUL_KERNEL_GRAD_MIN_CHANNELS`` channels keep XLA's gradient: with few
+  channels the per-tap products are too small to beat it (measured in
+  docs/results.md).
+  """
+  features: int
+  kernel_size: tuple[int, int] = (3, 3)
+  strides: int = 1
+  padding: int = 0
+  kernel_dilation: int = 1
+  use_bias: bool = False
+  dtype: Any = jnp.float32
+  kernel_grad: str = 'xla'
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param('kernel', nn.initializers.lecun_normal(),
+                        (*self.kernel_size, x.shape[-1], self.features))
+    x = x.astype(self.dtype)
+    kernel = kernel.astype(self.dtype)
+    args = (self.strides, self.padding, self.kernel_dilation)
+    if (resolve_kernel_grad(self.kernel_grad) == 'matmul' and
+        x.shape[-1] >= MATMUL_KERNEL_GRAD_MIN_CHANNELS):
+      y = conv_matmul_kernel_grad(x, kernel, *args)
+    else:
+      y = _conv_nhwc(x, kernel, *args)
+    if self.use_bias:
+      y = y + self.param('bias', nn.initializers.zeros,
+                         (self.features,)).astype(self.dtype)
+    return y
+
+
+def conv(features: int, kernel_size=(3, 3), strides=1, *, padding: int = 0,
+         kernel_dilation: int = 1, use_bias: bool = False, dtype=jnp.float32,
+         kernel_grad: str = 'xla', name: str | None = None) -> nn.Module:
+  """:class:`Conv` (symmetric integer padding), or :class:`Conv1x1` for 1x1."""
   strides = strides[0] if isinstance(strides, (tuple, list)) else strides
   if tuple(kernel_size) == (1, 1):
     return Conv1x1(features, strides, use_bias, dtype, name=name)
-  return nn.Conv(features, tuple(kernel_size), strides, padding=padding,
-                 kernel_dilation=kernel_dilation, use_bias=use_bias,
-                 dtype=dtype, name=name)
+  return Conv(features, tuple(kernel_size), strides, padding, kernel_dilation,
+              use_bias, dtype, kernel_grad, name=name)

@@ -21,11 +21,13 @@ class ConvBNReLU(nn.Module):
   features: int
   kernel: int = 1
   dtype: Any = jnp.float32
+  kernel_grad: str = 'xla'
 
   @nn.compact
   def __call__(self, x, train: bool):
     x = layers.conv(self.features, (self.kernel, self.kernel),
-                    padding=self.kernel // 2, dtype=self.dtype, name='conv')(x)
+                    padding=self.kernel // 2, dtype=self.dtype,
+                    kernel_grad=self.kernel_grad, name='conv')(x)
     x = resnet.norm_layer(train, self.dtype, 'bn')(x)
     return nn.relu(x)
 
@@ -35,6 +37,7 @@ class PyramidPooling(nn.Module):
   features: int = 512
   bins: Sequence[int] = (1, 2, 3, 6)
   dtype: Any = jnp.float32
+  kernel_grad: str = 'xla'
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -45,8 +48,8 @@ class PyramidPooling(nn.Module):
       y = ConvBNReLU(self.features, 1, self.dtype, name=f'stage{b}')(y, train)
       branches.append(layers.resize_bilinear(y, size))
     x = jnp.concatenate(branches, axis=-1)
-    return ConvBNReLU(self.features, 3, self.dtype, name='bottleneck')(
-        x, train)
+    return ConvBNReLU(self.features, 3, self.dtype, self.kernel_grad,
+                      name='bottleneck')(x, train)
 
 
 class Decoder(nn.Module):
@@ -54,6 +57,7 @@ class Decoder(nn.Module):
   features: int = 256
   skip_features: int = 48
   dtype: Any = jnp.float32
+  kernel_grad: str = 'xla'
 
   @nn.compact
   def __call__(self, context, skip, train: bool):
@@ -63,8 +67,10 @@ class Decoder(nn.Module):
     skip = ConvBNReLU(self.skip_features, 1, self.dtype, name='skip')(
         skip, train)
     x = jnp.concatenate([context, skip], axis=-1)
-    x = ConvBNReLU(self.features, 3, self.dtype, name='fuse1')(x, train)
-    return ConvBNReLU(self.features, 3, self.dtype, name='fuse2')(x, train)
+    x = ConvBNReLU(self.features, 3, self.dtype, self.kernel_grad,
+                   name='fuse1')(x, train)
+    return ConvBNReLU(self.features, 3, self.dtype, self.kernel_grad,
+                      name='fuse2')(x, train)
 
 
 class EdgeBranch(nn.Module):
@@ -100,6 +106,10 @@ class Parser(nn.Module):
     psp_bins: PSP pooling grid sizes.
     edge: add the CE2P edge branch (``aux['edge']`` logits).
     dtype: computation dtype; heads produce float32 logits.
+    conv_kernel_grad: how KxK convolutions compute their kernel gradient,
+      one of ``layers.KERNEL_GRAD_MODES`` (``'auto'``: matrix products per
+      kernel tap on CPU, XLA's convolution elsewhere). Same parameters and
+      outputs in every mode.
   """
   num_classes: dict[str, int]
   backbone: str = 'resnet18'
@@ -112,6 +122,7 @@ class Parser(nn.Module):
   psp_bins: Sequence[int] = (1, 2, 3, 6)
   edge: bool = False
   dtype: Any = jnp.float32
+  conv_kernel_grad: str = 'auto'
 
   @nn.compact
   def __call__(self, image, train: bool = False, heads=None):
@@ -125,15 +136,18 @@ class Parser(nn.Module):
     Returns:
       ``(logits, aux)`` as described in the module docstring.
     """
+    grad = layers.resolve_kernel_grad(self.conv_kernel_grad)
     feats = resnet.make_resnet(
         self.backbone, width=self.width, output_stride=self.output_stride,
         deep_stem=self.deep_stem, dilate_first_block=self.dilate_first_block,
-        dtype=self.dtype, name='backbone')(
+        dtype=self.dtype, conv_kernel_grad=grad, name='backbone')(
             image, train)
     context = PyramidPooling(self.context_features, self.psp_bins,
-                             self.dtype, name='context')(feats['res5'], train)
+                             self.dtype, grad, name='context')(feats['res5'],
+                                                               train)
     decoder = Decoder(self.decoder_features, dtype=self.dtype,
-                      name='decoder')(context, feats['res2'], train)
+                      kernel_grad=grad, name='decoder')(context, feats['res2'],
+                                                        train)
     aux = {'res2': feats['res2'], 'res5': feats['res5'], 'context': context,
            'decoder': decoder}
     if self.edge:
@@ -165,4 +179,5 @@ def make_parser(model_config, domain_names: Sequence[str],
       context_features=model_config.context_features,
       decoder_features=model_config.decoder_features,
       psp_bins=tuple(model_config.psp_bins), edge=model_config.edge,
-      dtype=dtype)
+      dtype=dtype,
+      conv_kernel_grad=model_config.get('conv_kernel_grad', 'auto'))

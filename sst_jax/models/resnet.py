@@ -109,6 +109,8 @@ class ResNet(nn.Module):
     dilate_first_block: if True, the first block of a dilated stage uses the
       stage's full dilation too (SCHP/PSPNet ``multi_grid=(1, 1, 1)``
       layout); the default keeps the torchvision/DeepLab convention.
+    conv_kernel_grad: how KxK convolutions compute their kernel gradient
+      (``layers.KERNEL_GRAD_MODES``); no effect on parameters or outputs.
   """
   stage_sizes: Sequence[int]
   block: str = 'basic'
@@ -117,10 +119,12 @@ class ResNet(nn.Module):
   deep_stem: bool = False
   dtype: Any = jnp.float32
   dilate_first_block: bool = False
+  conv_kernel_grad: str = 'xla'
 
   @nn.compact
   def __call__(self, x, train: bool = False) -> dict[str, jnp.ndarray]:
-    conv = functools.partial(layers.conv, use_bias=False, dtype=self.dtype)
+    conv = functools.partial(layers.conv, use_bias=False, dtype=self.dtype,
+                             kernel_grad=self.conv_kernel_grad)
     block_cls = BasicBlock if self.block == 'basic' else Bottleneck
     x = x.astype(self.dtype)
     if self.deep_stem:
