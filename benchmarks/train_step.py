@@ -53,7 +53,7 @@ PRESETS = {
     # The model of configs/synthetic.py at its training crop size.
     'synthetic': dict(backbone='resnet18', width=24, output_stride=16,
                       context_features=96, decoder_features=64,
-                      resolution=96, batch=16),
+                      resolution=80, batch=16),
     # CE2P/SCHP-size parser (standard ResNet-101, 7x7 stem).
     'resnet101': dict(backbone='resnet101', width=64, output_stride=8,
                       context_features=512, decoder_features=256,
