@@ -84,29 +84,15 @@ def classify(name: str, instructions, computations) -> tuple[str, str, str]:
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--preset', choices=sorted(bench.PRESETS),
-                      default='synthetic')
+  bench.add_model_flags(parser)
   parser.add_argument('--variant', default='baseline',
-                      help='configs/synthetic.py variant: baseline or sst')
+                      choices=('baseline', 'sst'),
+                      help='configs/synthetic.py variant')
   parser.add_argument('--mode', choices=('train', 'forward'), default='train')
-  parser.add_argument('--conv_kernel_grad', default='auto',
-                      choices=('auto', 'xla', 'matmul'))
   parser.add_argument('--top', type=int, default=15)
-  for key in ('backbone', 'width', 'output_stride', 'context_features',
-              'decoder_features', 'resolution', 'batch'):
-    parser.add_argument(f'--{key}', default=None,
-                        type=str if key == 'backbone' else int)
-  parser.add_argument('--deep_stem', action='store_true')
-  parser.add_argument('--dtype', default='float32')
-  parser.add_argument('--optimizer', default='sgd')
-  args = parser.parse_args(argv)
-  for key, value in bench.PRESETS[args.preset].items():
-    if getattr(args, key) is None:
-      setattr(args, key, value)
+  args = bench.apply_preset(parser.parse_args(argv))
   args.num_devices = 1
-  config = bench.load_config('sst' if args.variant == 'sst' else 'baseline',
-                             args)
-  config.model.conv_kernel_grad = args.conv_kernel_grad
+  config = bench.load_config(args.variant, args)
   domains = train.validate_config(config)
   model, sst_model = train.build_models(config, domains)
   tx = optim.make_optimizer(config.optim, config.total_steps)

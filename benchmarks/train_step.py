@@ -45,6 +45,7 @@ from sst_jax import optim
 from sst_jax import parallel
 from sst_jax import steps
 from sst_jax import train
+from sst_jax.models import layers
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -68,6 +69,31 @@ PEAK_FLOPS = {
 }
 
 
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+  """``--preset`` and the model/input flags that override it."""
+  parser.add_argument('--preset', choices=sorted(PRESETS),
+                      default='synthetic')
+  for key in ('backbone', 'width', 'output_stride', 'context_features',
+              'decoder_features', 'resolution', 'batch'):
+    parser.add_argument(f'--{key}', type=str if key == 'backbone' else int)
+  parser.add_argument('--deep_stem', action='store_true')
+  parser.add_argument('--conv_kernel_grad', default='auto',
+                      choices=layers.KERNEL_GRAD_MODES,
+                      help='config.model.conv_kernel_grad (auto: matmul on '
+                      'CPU, xla elsewhere)')
+  parser.add_argument('--dtype', choices=('float32', 'bfloat16'),
+                      default='float32')
+  parser.add_argument('--optimizer', choices=('sgd', 'adamw'), default='sgd')
+
+
+def apply_preset(args: argparse.Namespace) -> argparse.Namespace:
+  """Fills the model/input flags left unset from ``args.preset``."""
+  for key, value in PRESETS[args.preset].items():
+    if getattr(args, key) is None:
+      setattr(args, key, value)
+  return args
+
+
 def load_config(variant: str, args):
   """``configs/synthetic.py:<variant>`` with the benchmark's model/input."""
   spec = importlib.util.spec_from_file_location(
@@ -80,7 +106,7 @@ def load_config(variant: str, args):
                 'decoder_features'):
       config.model[key] = getattr(args, key)
     config.model.deep_stem = args.deep_stem
-    config.model.conv_kernel_grad = getattr(args, 'conv_kernel_grad', 'auto')
+    config.model.conv_kernel_grad = args.conv_kernel_grad
     config.data.crop_size = args.resolution
     config.batch_size = args.batch
     config.dtype = args.dtype
@@ -219,19 +245,7 @@ def _row(name, images, seconds, compile_s, flops_per_image, peak):
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--preset', choices=sorted(PRESETS),
-                      default='synthetic')
-  for key in ('backbone', 'width', 'output_stride', 'context_features',
-              'decoder_features', 'resolution', 'batch'):
-    parser.add_argument(f'--{key}', type=str if key == 'backbone' else int)
-  parser.add_argument('--deep_stem', action='store_true')
-  parser.add_argument('--conv_kernel_grad', default='auto',
-                      choices=('auto', 'xla', 'matmul'),
-                      help='config.model.conv_kernel_grad (auto: matmul on '
-                      'CPU, xla elsewhere)')
-  parser.add_argument('--dtype', choices=('float32', 'bfloat16'),
-                      default='float32')
-  parser.add_argument('--optimizer', choices=('sgd', 'adamw'), default='sgd')
+  add_model_flags(parser)
   parser.add_argument('--variants', nargs='+', default=('baseline', 'sst'),
                       choices=('baseline', 'sst'))
   parser.add_argument('--num_devices', type=int, default=0,
@@ -249,10 +263,7 @@ def main(argv=None) -> None:
   parser.add_argument('--channels_last', action='store_true',
                       help='PyTorch reference in channels_last layout')
   parser.add_argument('--json', default='', help='also write results here')
-  args = parser.parse_args(argv)
-  for key, value in PRESETS[args.preset].items():
-    if getattr(args, key) is None:
-      setattr(args, key, value)
+  args = apply_preset(parser.parse_args(argv))
 
   print(f'# {jax.devices()[0].device_kind} x{len(jax.devices())} '
         f'({platform.machine()}, {os.cpu_count()} CPUs), jax '
