@@ -73,6 +73,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.batching = 'mixed'   # 'mixed' | 'per_domain'
   c.data.crop_size = 473
   c.data.scale_range = (0.75, 1.25)
+  # Optional last phase: the final `final_crop_steps` steps train on
+  # `final_crop_size` crops (0: off), e.g. whole images after small crops.
+  c.data.final_crop_size = 0
+  c.data.final_crop_steps = 0
   c.data.rotation = 0.0       # max degrees
   c.data.flip = True
   c.data.color_jitter = 0.0
@@ -110,6 +114,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.sst.kd_temperature = 2.0
   c.sst.rampup_steps = 0      # kd/cons weights ramp up over these steps
   c.sst.dedicated_other_weight = 1.0  # dedicated: mix weight of other domains
+  # Dedicated: rows of other-domain samples added to every batch of
+  # batch_size target samples (0: the target and the others share the batch
+  # by their mix weights).
+  c.sst.dedicated_aux_batch = 0
   return c
 
 

@@ -47,7 +47,56 @@ def validate_config(config) -> tuple[domains_lib.Domain, ...]:
     raise ValueError(f"config.mode must be 'train' or 'eval', got "
                      f'{config.mode!r}')
   layers.resolve_kernel_grad(config.model.get('conv_kernel_grad', 'auto'))
+  final_size = config.data.get('final_crop_size', 0)
+  final_steps = config.data.get('final_crop_steps', 0)
+  if final_size < 0 or (final_size and not 0 < final_steps <=
+                        config.total_steps):
+    raise ValueError(
+        'config.data.final_crop_size must be >= 0 and, when set, '
+        'config.data.final_crop_steps in [1, total_steps='
+        f'{config.total_steps}]; got {final_size} and {final_steps}')
+  aux = config.sst.get('dedicated_aux_batch', 0)
+  if not isinstance(aux, int) or aux < 0:
+    raise ValueError('config.sst.dedicated_aux_batch must be an integer >= 0, '
+                     f'got {aux!r}')
+  if aux and config.mode_sst == 'dedicated' and len(config.domains) < 2:
+    raise ValueError('config.sst.dedicated_aux_batch needs at least one '
+                     'domain besides the target in config.domains')
   return domains
+
+
+def dedicated_aux_batch(config) -> int:
+  """Other-domain rows added to each dedicated batch (0: none added)."""
+  if config.mode_sst != 'dedicated':
+    return 0
+  return int(config.sst.get('dedicated_aux_batch', 0))
+
+
+def global_batch_size(config) -> int:
+  """Rows of every training batch: ``batch_size`` plus dedicated aux rows."""
+  return config.batch_size + dedicated_aux_batch(config)
+
+
+def batch_groups(config, mix):
+  """Fixed batch composition for ``pipeline.train_dataset`` (None: mixed).
+
+  Dedicated training with ``sst.dedicated_aux_batch = A > 0``: every batch
+  holds ``batch_size`` target samples and ``A`` samples of the other
+  domains, mixed with ``mix``; so the target sees as many images per step
+  as a single-domain run with the same ``batch_size``.
+  """
+  aux = dedicated_aux_batch(config)
+  if not aux:
+    return None
+  others = {n: w for n, w in mix.items() if n != config.target}
+  return [({config.target: 1.0}, config.batch_size), (others, aux)]
+
+
+def final_crop_start(config) -> int:
+  """Step after which training reads ``data.final_crop_size`` crops."""
+  if not config.data.get('final_crop_size', 0):
+    return config.total_steps + 1
+  return config.total_steps - config.data.final_crop_steps
 
 
 def build_models(config, domains):
@@ -198,16 +247,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     for name in domain_names:
       if name != config.target:
         mix.setdefault(name, config.sst.dedicated_other_weight)
-  data_cfg = config.data.copy_and_resolve_references()
-  with data_cfg.unlocked():
-    data_cfg.mix = mix
-  dataset = pipeline.train_dataset(
-      domain_names, data_cfg, config.batch_size, config.seed,
-      jax.process_index(), jax.process_count())
-  parallel.local_batch_size(config.batch_size, mesh)
-  data_iter = pipeline.train_iterator(
-      dataset, data_cfg,
-      start_step=(data_state or {}).get('next_index', start_step))
+  global_batch = global_batch_size(config)
+  parallel.local_batch_size(global_batch, mesh)
+  switch = final_crop_start(config)
+
+  def make_iterator(first_index):
+    """The iterator from batch ``first_index`` on, at that phase's crop."""
+    data_cfg = config.data.copy_and_resolve_references()
+    with data_cfg.unlocked():
+      data_cfg.mix = mix
+      if first_index >= switch:
+        data_cfg.crop_size = config.data.final_crop_size
+    dataset = pipeline.train_dataset(
+        domain_names, data_cfg, global_batch, config.seed,
+        jax.process_index(), jax.process_count(),
+        groups=batch_groups(config, mix))
+    return pipeline.train_iterator(dataset, data_cfg, start_step=first_index)
+
+  data_iter = make_iterator((data_state or {}).get('next_index', start_step))
 
   # Compile the update step.
   train_step = jax.jit(
@@ -237,15 +294,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
 
   # Train loop.
   writers.echo(f'training steps {start_step + 1}-{config.total_steps}: '
-               f'global batch {config.batch_size} over {mesh.devices.size} '
+               f'global batch {global_batch} over {mesh.devices.size} '
                f'devices, domains {", ".join(domain_names)} (the first step '
                'compiles)')
-  progress = writers.Progress(config.total_steps, start_step,
-                              config.batch_size)
+  progress = writers.Progress(config.total_steps, start_step, global_batch)
   pending, last_flush, results = [], start_step, None
   step = start_step
   t_start = time.perf_counter()
   while step < config.total_steps:
+    if step == switch:
+      writers.echo(f'steps {switch + 1}-{config.total_steps}: '
+                   f'{config.data.final_crop_size}x'
+                   f'{config.data.final_crop_size} crops (compiling)')
+      data_iter = make_iterator(step)
     batch = parallel.shard_batch(next(data_iter), mesh)
     state, metrics = train_step(state, batch, rng)
     step += 1

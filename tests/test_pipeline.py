@@ -165,6 +165,40 @@ def test_mix_weights_set_domain_fractions(fake_sources):
   assert abs(fraction - 0.75) < 0.03, fraction
 
 
+COMPOSITION = [({'cihp': 1.0}, 5), ({'pascal_person_part': 1.0}, 3)]
+
+
+def test_fixed_composition_rows_shards_and_target_stream(fake_sources):
+  cfg = data_config(crop_size=8)
+  whole = pipeline.train_dataset(NAMES, cfg, 8, seed=0, groups=COMPOSITION)
+  parts = [pipeline.train_dataset(NAMES, cfg, 8, seed=0, process_index=p,
+                                  process_count=2, groups=COMPOSITION)
+           for p in range(2)]
+  # The first group's rows are exactly the batches a cihp-only run reads.
+  alone = pipeline.train_dataset(['cihp'], cfg, 5, seed=0)
+  for step in range(5):
+    batch = whole[step]
+    np.testing.assert_array_equal(batch['domain'], [0] * 5 + [1] * 3)
+    for key in ('image', 'label'):
+      np.testing.assert_array_equal(batch[key][:5], alone[step][key])
+    local = [part[step] for part in parts]
+    assert local[0]['image'].shape[0] == 4
+    joined = {k: np.concatenate([b[k] for b in local]) for k in local[0]}
+    assert_batches_equal([joined], [batch])
+
+
+def test_fixed_composition_is_checked(fake_sources):
+  with pytest.raises(ValueError, match=r'\[5, 3\] does not add up .* 9'):
+    pipeline.train_dataset(NAMES, data_config(), 9, seed=0,
+                           groups=COMPOSITION)
+  with pytest.raises(ValueError, match="batching='mixed'"):
+    pipeline.train_dataset(NAMES, data_config(batching='per_domain'), 8,
+                           seed=0, groups=COMPOSITION)
+  with pytest.raises(ValueError, match="'lip', not one of"):
+    pipeline.train_dataset(NAMES, data_config(), 8, seed=0,
+                           groups=[({'cihp': 1.0}, 5), ({'lip': 1.0}, 3)])
+
+
 def test_per_domain_batching_gives_single_domain_batches(fake_sources):
   cfg = data_config(crop_size=8, batching='per_domain')
   ds = pipeline.train_dataset(NAMES, cfg, 8, seed=0)

@@ -196,3 +196,94 @@ def test_init_backbone_from_imagenet_weights(tmp_path):
       state_dict['layer1.0.conv1.weight'].transpose(2, 3, 1, 0), rtol=1e-6)
   np.testing.assert_allclose(np.asarray(params['bn1']['scale']),
                              state_dict['bn1.weight'], rtol=1e-6)
+
+
+def test_dedicated_aux_rows_join_every_target_batch(tmp_path, monkeypatch):
+  config = tiny_config('dedicated', total_steps=2, checkpoint_every=2,
+                       eval_every=2, **{'sst.dedicated_aux_batch': 8})
+  assert train.global_batch_size(config) == 16
+  served, original = [], pipeline.train_iterator
+
+  def recording(*args, **kwargs):
+    it = original(*args, **kwargs)
+
+    class Recorded:
+
+      def __next__(self):
+        batch = next(it)
+        served.append(batch['domain'].copy())
+        return batch
+
+      def get_state(self):
+        return it.get_state()
+
+    return Recorded()
+
+  monkeypatch.setattr(pipeline, 'train_iterator', recording)
+  train.train_and_evaluate(config, str(tmp_path))
+  # Eight target (synthetic_pascal) rows, then eight of the other domain.
+  assert len(served) == 2
+  for domain in served:
+    np.testing.assert_array_equal(domain, [0] * 8 + [1] * 8)
+  records = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
+  last = [r for r in records if r['kind'] == 'train'][-1]
+  assert last['images_per_sec'] / last['steps_per_sec'] == pytest.approx(16)
+
+  with config.unlocked():
+    config.sst.dedicated_aux_batch = -1
+  with pytest.raises(ValueError, match='dedicated_aux_batch must be'):
+    train.validate_config(config)
+
+
+def test_final_crop_phase_switches_and_resumes_exactly(tmp_path, monkeypatch):
+  config = tiny_config(total_steps=4, checkpoint_every=2, eval_every=0,
+                       async_checkpoints=False,
+                       **{'data.final_crop_size': 24,
+                          'data.final_crop_steps': 2})
+  assert train.final_crop_start(config) == 2
+  original = pipeline.train_iterator
+  served = []
+
+  def recording(stop_after=None):
+    def make(*args, **kwargs):
+      it = original(*args, **kwargs)
+
+      class Recorded:
+
+        def __next__(self):
+          if len(served) == stop_after:
+            raise Interrupt()
+          batch = next(it)
+          served.append(batch['image'].shape[1])
+          return batch
+
+        def get_state(self):
+          return it.get_state()
+
+      return Recorded()
+    return make
+
+  full = str(tmp_path / 'full')
+  monkeypatch.setattr(pipeline, 'train_iterator', recording())
+  train.train_and_evaluate(config, full)
+  assert served == [32, 32, 24, 24]
+
+  # Interrupted after the first step of the final phase, then resumed from the
+  # checkpoint at the switch: the same parameters as the uninterrupted run.
+  resumed = str(tmp_path / 'resumed')
+  served.clear()
+  monkeypatch.setattr(pipeline, 'train_iterator', recording(stop_after=3))
+  with pytest.raises(Interrupt):
+    train.train_and_evaluate(config, resumed)
+  assert checkpointing.make_manager(resumed).latest_step() == 2
+  served.clear()
+  monkeypatch.setattr(pipeline, 'train_iterator', recording())
+  train.train_and_evaluate(config, resumed)
+  assert served == [24, 24]
+  a, b = load_state(full, 4), load_state(resumed, 4)
+  assert_trees_close(a['params'], b['params'], rtol=1e-6, atol=1e-7)
+
+  with config.unlocked():
+    config.data.final_crop_steps = 5
+  with pytest.raises(ValueError, match='final_crop_steps in'):
+    train.validate_config(config)

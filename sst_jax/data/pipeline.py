@@ -13,7 +13,8 @@ Multi-host: each process reads only its own rows of every global batch.
 from __future__ import annotations
 
 import functools
-from typing import Iterator, Sequence
+import sys
+from typing import Iterator, Mapping, Sequence
 
 import grain
 import numpy as np
@@ -36,9 +37,25 @@ def _stack(examples: Sequence[dict]) -> dict:
 
 
 def train_dataset(domain_names: Sequence[str], data_cfg, global_batch: int,
-                  seed: int, process_index: int = 0,
-                  process_count: int = 1) -> grain.MapDataset:
-  """Infinite random-access dataset of this process's local batches."""
+                  seed: int, process_index: int = 0, process_count: int = 1,
+                  groups: Sequence[tuple[Mapping[str, float], int]] | None
+                  = None) -> grain.MapDataset:
+  """Infinite random-access dataset of this process's local batches.
+
+  Args:
+    domain_names: the configured domains; a sample's ``domain`` is its index
+      here.
+    data_cfg: ``config.data``.
+    global_batch: rows of every global batch.
+    seed: shuffling and augmentation seed.
+    process_index: this process; it reads only its own rows.
+    process_count: number of processes the global batch is split over.
+    groups: optional fixed batch composition, ``[(mix, rows), ...]``: every
+      global batch is the concatenation of ``rows`` samples drawn from each
+      group's mixture (``mix`` maps domain -> weight). The rows must add up
+      to ``global_batch``. Default: one group, ``data_cfg.mix`` (weight 1
+      for a domain it leaves out) over all ``global_batch`` rows.
+  """
   if global_batch % process_count:
     raise ValueError(f'batch size {global_batch} does not split over '
                      f'{process_count} processes')
@@ -48,25 +65,50 @@ def train_dataset(domain_names: Sequence[str], data_cfg, global_batch: int,
   if unknown:
     raise ValueError(f'config.data.mix names domains not in config.domains: '
                      f'{sorted(unknown)}')
-  streams, weights = [], []
-  for k, name in enumerate(domain_names):
-    weight = float(mix.get(name, 1.0))
-    if weight <= 0:
-      continue
-    source = sources_lib.make_source(name, data_cfg.train_split, data_cfg)
-    if len(source) == 0:
-      raise ValueError(f'domain {name!r}: the training split is empty')
-    fn = functools.partial(_train_example,
-                           domain=domains_lib.get_domain(name),
-                           domain_index=k, cfg=data_cfg)
-    ds = (grain.MapDataset.source(source).seed(seed * 1000 + k).shuffle()
-          .repeat().random_map(fn))
-    streams.append(ds)
-    weights.append(weight)
-  if not streams:
-    raise ValueError('config.data.mix gives every domain weight 0')
+  if groups is None:
+    groups = [({n: float(mix.get(n, 1.0)) for n in domain_names},
+               global_batch)]
+  elif data_cfg.batching != 'mixed':
+    raise ValueError('a fixed batch composition needs '
+                     f"config.data.batching='mixed', got {data_cfg.batching!r}")
+  if sum(rows for _, rows in groups) != global_batch or any(
+      rows < 1 for _, rows in groups):
+    raise ValueError(f'batch composition {[r for _, r in groups]} does not '
+                     f'add up to the global batch {global_batch}')
+
+  cache = {}
+
+  def stream(name):
+    if name not in cache:
+      if name not in domain_names:
+        raise ValueError(f'batch composition names {name!r}, not one of '
+                         f'config.domains {list(domain_names)}')
+      k = list(domain_names).index(name)
+      source = sources_lib.make_source(name, data_cfg.train_split, data_cfg)
+      if len(source) == 0:
+        raise ValueError(f'domain {name!r}: the training split is empty')
+      fn = functools.partial(_train_example,
+                             domain=domains_lib.get_domain(name),
+                             domain_index=k, cfg=data_cfg)
+      cache[name] = (grain.MapDataset.source(source).seed(seed * 1000 + k)
+                     .shuffle().repeat().random_map(fn))
+    return cache[name]
+
+  mixtures = []
+  for group_mix, rows in groups:
+    used = [(n, float(w)) for n, w in group_mix.items() if float(w) > 0]
+    if not used:
+      raise ValueError('config.data.mix gives every domain weight 0')
+    # Domains in config order, so the mixture does not depend on how the
+    # mapping happened to be built.
+    used.sort(key=lambda nw: list(domain_names).index(nw[0])
+              if nw[0] in domain_names else -1)
+    mixtures.append(([stream(n) for n, _ in used], [w for _, w in used],
+                     rows))
+
   if data_cfg.batching == 'per_domain':
     # Graphonomy protocol: every global batch holds a single domain.
+    streams, weights, _ = mixtures[0]
     batched = [s.batch(global_batch, batch_fn=_stack) for s in streams]
     mixed = grain.MapDataset.mix(batched, weights)
     lo = process_index * local
@@ -74,17 +116,32 @@ def train_dataset(domain_names: Sequence[str], data_cfg, global_batch: int,
   if data_cfg.batching != 'mixed':
     raise ValueError("config.data.batching must be 'mixed' or 'per_domain', "
                      f'got {data_cfg.batching!r}')
-  mixed = grain.MapDataset.mix(streams, weights)
-  if process_count > 1:
-    # Row r of global batch b is element b * global_batch + r; this process
-    # owns rows [process_index * local, (process_index + 1) * local).
-    # (Bind the global stream to its own name: the lambda must not see the
-    # rebound `mixed`, which would make it index itself forever.)
-    offset = process_index * local
-    full = mixed
-    mixed = grain.MapDataset.range(len(full) // global_batch * local).map(
-        lambda i: full[(i // local) * global_batch + offset + i % local])
-  return mixed.batch(local, drop_remainder=True, batch_fn=_stack)
+  parts = [(grain.MapDataset.mix(streams, weights), rows)
+           for streams, weights, rows in mixtures]
+  if len(parts) == 1 and process_count == 1:
+    return parts[0][0].batch(local, drop_remainder=True, batch_fn=_stack)
+  # Row r of global batch b comes from the group g whose rows hold r: element
+  # b * rows_g + (r - first_row_g) of that group's mixture. This process owns
+  # rows [process_index * local, (process_index + 1) * local).
+  # (Bind the mixtures to their own names: a lambda that saw a rebound name
+  # would index itself forever.)
+  owner, first = [], 0
+  for g, (_, rows) in enumerate(parts):
+    owner += [(g, first)] * rows
+    first += rows
+  offset = process_index * local
+  streams = [ds for ds, _ in parts]
+  sizes = [rows for _, rows in parts]
+  length = min([len(ds) // rows for ds, rows in parts] +
+               [sys.maxsize // local]) * local
+
+  def row(i):
+    b, r = divmod(i, local)
+    g, lo = owner[offset + r]
+    return streams[g][b * sizes[g] + offset + r - lo]
+
+  return grain.MapDataset.range(length).map(row).batch(
+      local, drop_remainder=True, batch_fn=_stack)
 
 
 def train_iterator(dataset: grain.MapDataset, data_cfg,
