@@ -6,7 +6,8 @@ The main job: no download needed, finishes in minutes on a 2-core CPU.
 Variants (``--config=configs/synthetic.py:<arg>``):
   ``baseline``   plain multi-head training (SST modules and losses off).
   ``pascal``     synthetic_pascal alone (single-domain reference).
-  ``dedicated``  dedicated SST for synthetic_pascal.
+  ``dedicated``  dedicated SST for synthetic_pascal (each step: the 16 images
+                 of the ``pascal`` run plus 8 of the other domains).
   ``msa_mse`` / ``msa_mst``  ablations with one of the two SST branches.
 """
 
