@@ -258,6 +258,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       data_cfg.mix = mix
       if first_index >= switch:
         data_cfg.crop_size = config.data.final_crop_size
+        writers.echo(f'steps {first_index + 1}-'
+                     f'{config.total_steps}: {data_cfg.crop_size}x'
+                     f'{data_cfg.crop_size} crops (compiling)')
     dataset = pipeline.train_dataset(
         domain_names, data_cfg, global_batch, config.seed,
         jax.process_index(), jax.process_count(),
@@ -302,10 +305,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   step = start_step
   t_start = time.perf_counter()
   while step < config.total_steps:
-    if step == switch:
-      writers.echo(f'steps {switch + 1}-{config.total_steps}: '
-                   f'{config.data.final_crop_size}x'
-                   f'{config.data.final_crop_size} crops (compiling)')
+    if step == switch and step != start_step:
       data_iter = make_iterator(step)
     batch = parallel.shard_batch(next(data_iter), mesh)
     state, metrics = train_step(state, batch, rng)

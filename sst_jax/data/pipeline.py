@@ -76,14 +76,12 @@ def train_dataset(domain_names: Sequence[str], data_cfg, global_batch: int,
     raise ValueError(f'batch composition {[r for _, r in groups]} does not '
                      f'add up to the global batch {global_batch}')
 
+  index = {name: k for k, name in enumerate(domain_names)}
   cache = {}
 
   def stream(name):
     if name not in cache:
-      if name not in domain_names:
-        raise ValueError(f'batch composition names {name!r}, not one of '
-                         f'config.domains {list(domain_names)}')
-      k = list(domain_names).index(name)
+      k = index[name]
       source = sources_lib.make_source(name, data_cfg.train_split, data_cfg)
       if len(source) == 0:
         raise ValueError(f'domain {name!r}: the training split is empty')
@@ -96,13 +94,16 @@ def train_dataset(domain_names: Sequence[str], data_cfg, global_batch: int,
 
   mixtures = []
   for group_mix, rows in groups:
-    used = [(n, float(w)) for n, w in group_mix.items() if float(w) > 0]
-    if not used:
-      raise ValueError('config.data.mix gives every domain weight 0')
+    unknown = sorted(set(group_mix) - set(index))
+    if unknown:
+      raise ValueError(f'batch composition names {unknown[0]!r}, not one of '
+                       f'config.domains {list(domain_names)}')
     # Domains in config order, so the mixture does not depend on how the
     # mapping happened to be built.
-    used.sort(key=lambda nw: list(domain_names).index(nw[0])
-              if nw[0] in domain_names else -1)
+    used = sorted(((n, float(w)) for n, w in group_mix.items()
+                   if float(w) > 0), key=lambda nw: index[nw[0]])
+    if not used:
+      raise ValueError('config.data.mix gives every domain weight 0')
     mixtures.append(([stream(n) for n, _ in used], [w for _, w in used],
                      rows))
 
@@ -123,8 +124,6 @@ def train_dataset(domain_names: Sequence[str], data_cfg, global_batch: int,
   # Row r of global batch b comes from the group g whose rows hold r: element
   # b * rows_g + (r - first_row_g) of that group's mixture. This process owns
   # rows [process_index * local, (process_index + 1) * local).
-  # (Bind the mixtures to their own names: a lambda that saw a rebound name
-  # would index itself forever.)
   owner, first = [], 0
   for g, (_, rows) in enumerate(parts):
     owner += [(g, first)] * rows
