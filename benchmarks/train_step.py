@@ -81,6 +81,9 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
                       choices=layers.KERNEL_GRAD_MODES,
                       help='config.model.conv_kernel_grad (auto: matmul on '
                       'CPU, xla elsewhere)')
+  parser.add_argument('--factored_convs', type=int, default=1, choices=(0, 1),
+                      help='config.model.factored_convs (1: the convolutions '
+                      'over upsampled inputs mix them before upsampling)')
   parser.add_argument('--dtype', choices=('float32', 'bfloat16'),
                       default='float32')
   parser.add_argument('--optimizer', choices=('sgd', 'adamw'), default='sgd')
@@ -107,6 +110,7 @@ def load_config(variant: str, args):
       config.model[key] = getattr(args, key)
     config.model.deep_stem = args.deep_stem
     config.model.conv_kernel_grad = args.conv_kernel_grad
+    config.model.factored_convs = bool(args.factored_convs)
     config.data.crop_size = args.resolution
     config.batch_size = args.batch
     config.dtype = args.dtype
@@ -147,18 +151,15 @@ def _median_time(fn, warmup: int, steps: int) -> tuple[float, list[float]]:
   return statistics.median(times), times
 
 
-def benchmark_jax(config, *, warmup: int, steps_: int,
-                  forward: bool = True) -> dict:
-  """Times the jitted train step (and inference forward) of ``config``.
+def setup_train_step(config) -> dict:
+  """Model, state, a random batch and the train step jitted as in train.py.
 
-  Returns:
-    a dict of measurements; ``'initial_variables'`` (host parser variables),
-    ``'batch'`` and ``'first_loss'`` are included for the PyTorch check.
+  Returns a dict with ``model``, ``mesh``, ``replicated`` and ``data``
+  shardings, ``state``, ``host_batch``, ``batch`` (sharded), ``rng`` and
+  ``step_fn`` (jitted, not yet compiled; donates the state).
   """
   domains = train.validate_config(config)
-  domain_names = [d.name for d in domains]
   mesh = parallel.make_mesh(config.num_devices or None)
-  n_dev = mesh.devices.size
   model, sst_model = train.build_models(config, domains)
   tx = optim.make_optimizer(config.optim, config.total_steps)
   lr_fn = optim.learning_rate_schedule(config.optim, config.total_steps)
@@ -167,25 +168,43 @@ def benchmark_jax(config, *, warmup: int, steps_: int,
                               sst_model=sst_model, tx=tx,
                               image_size=config.data.crop_size)
   state = jax.jit(init_fn, out_shardings=repl)(jax.random.key(config.seed))
+  host_batch = synthetic_batch(config, len(domains))
+  step_fn = jax.jit(
+      functools.partial(steps.train_step, model=model, sst_model=sst_model,
+                        tx=tx, domain_names=[d.name for d in domains],
+                        cfg=config, lr_fn=lr_fn),
+      donate_argnums=0, in_shardings=(repl, data, repl),
+      out_shardings=(repl, repl))
+  return {
+      'model': model, 'mesh': mesh, 'replicated': repl, 'data': data,
+      'state': state, 'host_batch': host_batch,
+      'batch': parallel.shard_batch(host_batch, mesh),
+      'rng': jax.jit(lambda: jax.random.key(1), out_shardings=repl)(),
+      'step_fn': step_fn,
+  }
+
+
+def benchmark_jax(config, *, warmup: int, steps_: int,
+                  forward: bool = True) -> dict:
+  """Times the jitted train step (and inference forward) of ``config``.
+
+  Returns:
+    a dict of measurements; ``'initial_variables'`` (host parser variables),
+    ``'batch'`` and ``'first_loss'`` are included for the PyTorch check.
+  """
+  setup = setup_train_step(config)
+  state, batch, rng = setup['state'], setup['batch'], setup['rng']
+  n_dev = setup['mesh'].devices.size
+  repl, data = setup['replicated'], setup['data']
+  model, host_batch = setup['model'], setup['host_batch']
   initial = jax.device_get(steps.parser_variables(state.params,
                                                   state.model_state))
-  host_batch = synthetic_batch(config, len(domains))
-  batch = parallel.shard_batch(host_batch, mesh)
-  rng = jax.jit(lambda: jax.random.key(1), out_shardings=repl)()
   out = {'devices': n_dev, 'device_kind': jax.devices()[0].device_kind,
          'initial_variables': initial, 'batch': host_batch}
   out['params'] = int(sum(np.size(x) for x in jax.tree.leaves(
       initial['params'])))
-
-  # Train step, jitted exactly as in train.py.
-  step_fn = jax.jit(
-      functools.partial(steps.train_step, model=model, sst_model=sst_model,
-                        tx=tx, domain_names=domain_names, cfg=config,
-                        lr_fn=lr_fn),
-      donate_argnums=0, in_shardings=(repl, data, repl),
-      out_shardings=(repl, repl))
   t0 = time.perf_counter()
-  compiled = step_fn.lower(state, batch, rng).compile()
+  compiled = setup['step_fn'].lower(state, batch, rng).compile()
   out['train_compile_s'] = time.perf_counter() - t0
   # Cost analysis is of the per-device SPMD program.
   out['train_flops_per_image'] = _flops(compiled) * n_dev / config.batch_size
@@ -271,7 +290,8 @@ def main(argv=None) -> None:
         f'{args.output_stride} ctx {args.context_features} dec '
         f'{args.decoder_features}, {args.resolution}x{args.resolution}, '
         f'batch {args.batch}, {args.dtype}, {args.optimizer}, conv kernel '
-        f'grad {args.conv_kernel_grad}; median of '
+        f'grad {args.conv_kernel_grad}, factored convs '
+        f'{bool(args.factored_convs)}; median of '
         f'{args.steps} after {args.warmup} warm-up')
   print(f'{"":<18}{"ms/step":>11}{"img/s":>10}{"compile s":>10}'
         f'{"GFLOP/img":>13}{"GFLOP/s":>12}  {"MFU":>6}', flush=True)

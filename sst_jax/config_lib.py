@@ -36,6 +36,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.context_features = 512
   c.model.decoder_features = 256
   c.model.psp_bins = (1, 2, 3, 6)
+  # 3x3 convs over concatenations with upsampled inputs (PSP bottleneck,
+  # decoder fuse1) mix the small inputs before upsampling them: same
+  # parameters and outputs as the literal concatenation (False).
+  c.model.factored_convs = True
   c.model.edge = False
   # KxK convolutions' kernel gradient: 'auto' (matrix products per kernel
   # tap on CPU, XLA's convolution elsewhere), 'xla' or 'matmul'.

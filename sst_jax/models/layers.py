@@ -141,7 +141,7 @@ class Conv1x1(nn.Module):
 
 
 KERNEL_GRAD_MODES = ('auto', 'xla', 'matmul')
-MATMUL_KERNEL_GRAD_MIN_CHANNELS = 128
+MATMUL_KERNEL_GRAD_MIN_CHANNELS = 64
 
 
 def resolve_kernel_grad(mode: str) -> str:
@@ -216,6 +216,14 @@ def _cmkg_bwd(strides, padding, dilation, residuals, g):
 conv_matmul_kernel_grad.defvjp(_cmkg_fwd, _cmkg_bwd)
 
 
+def _conv(x, kernel, strides: int, padding: int, dilation: int,
+          kernel_grad: str):
+  if (resolve_kernel_grad(kernel_grad) == 'matmul' and
+      x.shape[-1] >= MATMUL_KERNEL_GRAD_MIN_CHANNELS):
+    return conv_matmul_kernel_grad(x, kernel, strides, padding, dilation)
+  return _conv_nhwc(x, kernel, strides, padding, dilation)
+
+
 class Conv(nn.Module):
   """A KxK convolution, ``nn.Conv``-compatible, with a choice of gradient.
 
@@ -244,15 +252,104 @@ class Conv(nn.Module):
                         (*self.kernel_size, x.shape[-1], self.features))
     x = x.astype(self.dtype)
     kernel = kernel.astype(self.dtype)
-    args = (self.strides, self.padding, self.kernel_dilation)
-    if (resolve_kernel_grad(self.kernel_grad) == 'matmul' and
-        x.shape[-1] >= MATMUL_KERNEL_GRAD_MIN_CHANNELS):
-      y = conv_matmul_kernel_grad(x, kernel, *args)
-    else:
-      y = _conv_nhwc(x, kernel, *args)
+    y = _conv(x, kernel, self.strides, self.padding, self.kernel_dilation,
+              self.kernel_grad)
     if self.use_bias:
       y = y + self.param('bias', nn.initializers.zeros,
                          (self.features,)).astype(self.dtype)
+    return y
+
+
+@functools.lru_cache(maxsize=256)
+def _shifted_interp_matrices(out_size: int, in_size: int, taps: int,
+                             dilation: int, padding: int,
+                             align_corners: bool) -> np.ndarray:
+  """``[taps, out, in]``: row ``o`` of tap ``i`` interpolates the upsampled
+  pixel ``o + i * dilation - padding`` (zero outside the map)."""
+  m = _interp_matrix(out_size, in_size, align_corners)
+  a = np.zeros((taps, out_size, in_size), np.float32)
+  for i in range(taps):
+    src = np.arange(out_size) + i * dilation - padding
+    inside = (src >= 0) & (src < out_size)
+    a[i, inside] = m[src[inside]]
+  return a
+
+
+def conv_of_upsampled(branches, kernels, size: tuple[int, int], *,
+                      padding: int, dilation: int = 1,
+                      align_corners: bool = False) -> jnp.ndarray:
+  """``sum_b conv(resize_bilinear(branches[b], size), kernels[b])``, cheaply.
+
+  Bilinear upsampling and a stride-1 convolution are both linear, so each
+  branch's channels are mixed at its own small size first (``y @ K[i, j]``
+  for every tap) and only then interpolated, with the tap's shift and zero
+  padding folded into the interpolation matrices. A PSP bottleneck reads
+  pooled branches of 1x1 to 6x6 pixels: this costs ``O(H * W * O * taps *
+  sum(bins))`` instead of ``O(H * W * O * taps * C)``.
+
+  Args:
+    branches: ``[N, h_b, w_b, C_b]`` arrays.
+    kernels: matching ``[kh, kw, C_b, O]`` kernels (same ``kh, kw``).
+    size: the upsampled ``(H, W)``, also the output size.
+    padding, dilation: of the convolution (stride 1).
+    align_corners: of the bilinear upsampling.
+
+  Returns:
+    ``[N, H, W, O]``.
+  """
+  rows, cols = [], []
+  for y, k in zip(branches, kernels):
+    kh, kw = k.shape[:2]
+    z = jnp.einsum('npqc,ijco->nijpqo', y, k.astype(y.dtype))
+    aw = _shifted_interp_matrices(size[1], y.shape[2], kw, dilation, padding,
+                                  align_corners)
+    cols.append(jnp.einsum('jwq,nijpqo->nipwo', jnp.asarray(aw, y.dtype), z))
+    rows.append(_shifted_interp_matrices(size[0], y.shape[1], kh, dilation,
+                                         padding, align_corners))
+  t = jnp.concatenate(cols, axis=2)
+  ah = jnp.asarray(np.concatenate(rows, axis=2), t.dtype)
+  return jnp.einsum('ihp,nipwo->nhwo', ah, t)
+
+
+class UpsampledConcatConv(nn.Module):
+  """A KxK convolution of ``concat(inputs)`` where some inputs are upsampled.
+
+  Same parameter (``kernel [kh, kw, sum(C), O]``, input channels in the
+  order of ``inputs``) and same output as ``Conv`` applied to the
+  concatenation of ``inputs`` with every small input bilinearly resized to
+  the size of the full-size one, but the small inputs are never resized:
+  their part of the convolution is :func:`conv_of_upsampled`. The full-size
+  input goes through :class:`Conv`'s path (and its ``kernel_grad``).
+
+  ``inputs`` holds exactly one array whose spatial size is the output size
+  (``full_index`` says which); the others are the low-resolution branches.
+  """
+  features: int
+  kernel_size: int = 3
+  padding: int = 1
+  full_index: int = 0
+  align_corners: bool = False
+  dtype: Any = jnp.float32
+  kernel_grad: str = 'xla'
+
+  @nn.compact
+  def __call__(self, inputs):
+    channels = [x.shape[-1] for x in inputs]
+    kernel = self.param(
+        'kernel', nn.initializers.lecun_normal(),
+        (self.kernel_size, self.kernel_size, sum(channels), self.features))
+    kernel = kernel.astype(self.dtype)
+    bounds = np.cumsum([0] + channels)
+    parts = [kernel[:, :, bounds[i]:bounds[i + 1]] for i in range(len(inputs))]
+    full = inputs[self.full_index].astype(self.dtype)
+    y = _conv(full, parts[self.full_index], 1, self.padding, 1,
+              self.kernel_grad)
+    small = [(x.astype(self.dtype), k) for i, (x, k) in
+             enumerate(zip(inputs, parts)) if i != self.full_index]
+    if small:
+      y = y + conv_of_upsampled(
+          [x for x, _ in small], [k for _, k in small], full.shape[1:3],
+          padding=self.padding, align_corners=self.align_corners)
     return y
 
 

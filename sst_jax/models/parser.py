@@ -32,43 +32,90 @@ class ConvBNReLU(nn.Module):
     return nn.relu(x)
 
 
-class PyramidPooling(nn.Module):
-  """PSP context: pooled bins -> 1x1 conv -> upsample, concat, 3x3 conv."""
-  features: int = 512
-  bins: Sequence[int] = (1, 2, 3, 6)
+class UpsampledConcatConvBNReLU(nn.Module):
+  """``ConvBNReLU(features, 3)`` of a concatenation with upsampled inputs.
+
+  ``inputs`` are concatenated in order after bilinearly resizing every one
+  but ``inputs[full_index]`` to its size. Same parameters and outputs as
+  that ConvBNReLU; the small inputs' share of the 3x3 convolution is
+  computed at their own size (``layers.UpsampledConcatConv``), so the
+  upsampled tensors are never materialized.
+  """
+  features: int
+  full_index: int = 0
   dtype: Any = jnp.float32
   kernel_grad: str = 'xla'
 
   @nn.compact
+  def __call__(self, inputs, train: bool):
+    x = layers.UpsampledConcatConv(self.features, 3, 1, self.full_index,
+                                   dtype=self.dtype,
+                                   kernel_grad=self.kernel_grad,
+                                   name='conv')(inputs)
+    x = resnet.norm_layer(train, self.dtype, 'bn')(x)
+    return nn.relu(x)
+
+
+class PyramidPooling(nn.Module):
+  """PSP context: pooled bins -> 1x1 conv -> upsample, concat, 3x3 conv.
+
+  ``factored`` (default) computes the pooled branches' part of the 3x3
+  convolution before upsampling them (:class:`UpsampledConcatConvBNReLU`);
+  the result and the parameters are those of the concatenation, which
+  ``factored=False`` builds literally.
+  """
+  features: int = 512
+  bins: Sequence[int] = (1, 2, 3, 6)
+  dtype: Any = jnp.float32
+  kernel_grad: str = 'xla'
+  factored: bool = True
+
+  @nn.compact
   def __call__(self, x, train: bool):
     size = x.shape[1:3]
-    branches = [x]
-    for b in self.bins:
-      y = layers.adaptive_avg_pool(x, b)
-      y = ConvBNReLU(self.features, 1, self.dtype, name=f'stage{b}')(y, train)
-      branches.append(layers.resize_bilinear(y, size))
-    x = jnp.concatenate(branches, axis=-1)
+    pooled = [
+        ConvBNReLU(self.features, 1, self.dtype, name=f'stage{b}')(
+            layers.adaptive_avg_pool(x, b), train) for b in self.bins
+    ]
+    if self.factored:
+      return UpsampledConcatConvBNReLU(
+          self.features, 0, self.dtype, self.kernel_grad,
+          name='bottleneck')([x, *pooled], train)
+    x = jnp.concatenate([x] + [layers.resize_bilinear(y, size)
+                               for y in pooled], axis=-1)
     return ConvBNReLU(self.features, 3, self.dtype, self.kernel_grad,
                       name='bottleneck')(x, train)
 
 
 class Decoder(nn.Module):
-  """Fuses the context with stride-4 features (CE2P/DeepLabv3+ decoder)."""
+  """Fuses the context with stride-4 features (CE2P/DeepLabv3+ decoder).
+
+  ``factored`` (default) computes the context's part of the first 3x3
+  fusion convolution at the context's resolution, before upsampling
+  (:class:`UpsampledConcatConvBNReLU`); ``factored=False`` upsamples and
+  concatenates literally. Same parameters and outputs.
+  """
   features: int = 256
   skip_features: int = 48
   dtype: Any = jnp.float32
   kernel_grad: str = 'xla'
+  factored: bool = True
 
   @nn.compact
   def __call__(self, context, skip, train: bool):
     context = ConvBNReLU(self.features, 1, self.dtype, name='context')(
         context, train)
-    context = layers.resize_bilinear(context, skip.shape[1:3])
     skip = ConvBNReLU(self.skip_features, 1, self.dtype, name='skip')(
         skip, train)
-    x = jnp.concatenate([context, skip], axis=-1)
-    x = ConvBNReLU(self.features, 3, self.dtype, self.kernel_grad,
-                   name='fuse1')(x, train)
+    if self.factored:
+      x = UpsampledConcatConvBNReLU(self.features, 1, self.dtype,
+                                    self.kernel_grad, name='fuse1')(
+                                        [context, skip], train)
+    else:
+      context = layers.resize_bilinear(context, skip.shape[1:3])
+      x = jnp.concatenate([context, skip], axis=-1)
+      x = ConvBNReLU(self.features, 3, self.dtype, self.kernel_grad,
+                     name='fuse1')(x, train)
     return ConvBNReLU(self.features, 3, self.dtype, self.kernel_grad,
                       name='fuse2')(x, train)
 
@@ -104,6 +151,10 @@ class Parser(nn.Module):
       (SCHP's layout; no effect on parameter shapes).
     context_features, decoder_features: channel widths.
     psp_bins: PSP pooling grid sizes.
+    factored_convs: the 3x3 convolutions that read upsampled inputs (PSP
+      bottleneck, decoder ``fuse1``) mix those inputs' channels before
+      upsampling them: same parameters and outputs, far fewer FLOPs (see
+      :class:`PyramidPooling`, :class:`Decoder`).
     edge: add the CE2P edge branch (``aux['edge']`` logits).
     dtype: computation dtype; heads produce float32 logits.
     conv_kernel_grad: how KxK convolutions compute their kernel gradient,
@@ -120,6 +171,7 @@ class Parser(nn.Module):
   context_features: int = 512
   decoder_features: int = 256
   psp_bins: Sequence[int] = (1, 2, 3, 6)
+  factored_convs: bool = True
   edge: bool = False
   dtype: Any = jnp.float32
   conv_kernel_grad: str = 'auto'
@@ -143,10 +195,12 @@ class Parser(nn.Module):
         dtype=self.dtype, conv_kernel_grad=grad, name='backbone')(
             image, train)
     context = PyramidPooling(self.context_features, self.psp_bins,
-                             self.dtype, grad, name='context')(feats['res5'],
+                             self.dtype, grad, self.factored_convs,
+                             name='context')(feats['res5'],
                                                                train)
     decoder = Decoder(self.decoder_features, dtype=self.dtype,
-                      kernel_grad=grad, name='decoder')(context, feats['res2'],
+                      kernel_grad=grad, factored=self.factored_convs,
+                      name='decoder')(context, feats['res2'],
                                                         train)
     aux = {'res2': feats['res2'], 'res5': feats['res5'], 'context': context,
            'decoder': decoder}
@@ -178,6 +232,8 @@ def make_parser(model_config, domain_names: Sequence[str],
       dilate_first_block=model_config.get('dilate_first_block', False),
       context_features=model_config.context_features,
       decoder_features=model_config.decoder_features,
-      psp_bins=tuple(model_config.psp_bins), edge=model_config.edge,
+      psp_bins=tuple(model_config.psp_bins),
+      factored_convs=model_config.get('factored_convs', True),
+      edge=model_config.edge,
       dtype=dtype,
       conv_kernel_grad=model_config.get('conv_kernel_grad', 'auto'))

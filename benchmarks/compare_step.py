@@ -1,0 +1,128 @@
+"""Train-step time of config variants, interleaved in one process.
+
+    python benchmarks/compare_step.py --preset=resnet101 --resolution=257 \
+        --variant=baseline --rounds=3 \
+        --set=model.factored_convs=False --set=model.factored_convs=True
+    python benchmarks/compare_step.py --preset=synthetic --optimizer=adamw \
+        --set=model.factored_convs=False --set=
+
+On a shared machine the speed drifts by tens of percent between runs, so two
+``train_step.py`` invocations cannot settle a 10 % difference. This script
+compiles one train step per ``--set`` (comma-separated ``key=value``
+overrides of the config, applied after the model/input flags; an empty
+``--set=`` is the unchanged config), then times them in turns: each round
+runs ``--per_round`` steps of every variant in order. It prints the median
+step time of each variant and its ratio to the first one.
+
+Same model, state, optimizer and jitted step as ``train_step.py`` (same
+presets and model flags).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import statistics
+import sys
+import time
+
+import jax
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import train_step as bench  # pylint: disable=g-import-not-at-top
+
+
+
+def _parse_value(text: str):
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def apply_overrides(config, overrides: str):
+  """``'a.b=1,c=x'`` -> ``config.a.b = 1; config.c = 'x'``."""
+  with config.unlocked():
+    for item in filter(None, (s.strip() for s in overrides.split(','))):
+      if '=' not in item:
+        raise ValueError(f'--set expects key=value items, got {item!r}')
+      key, value = item.split('=', 1)
+      *path, leaf = key.strip().split('.')
+      node = config
+      for name in path:
+        node = node[name]
+      if leaf not in node:
+        raise KeyError(f'--set: the config has no field {key!r}')
+      node[leaf] = _parse_value(value.strip())
+  return config
+
+
+def compile_step(config):
+  """The jitted train step of ``config`` and a closure running it."""
+  setup = bench.setup_train_step(config)
+  state, batch, rng = setup['state'], setup['batch'], setup['rng']
+  compiled = setup['step_fn'].lower(state, batch, rng).compile()
+  holder = {'state': state}
+
+  def run():
+    holder['state'], metrics = compiled(holder['state'], batch, rng)
+    return metrics
+
+  return run
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  bench.add_model_flags(parser)
+  parser.add_argument('--variant', default='sst', choices=('baseline', 'sst'))
+  parser.add_argument('--set', action='append', dest='sets', default=[],
+                      help='one variant: comma-separated key=value config '
+                      'overrides (repeat; the first is the reference)')
+  parser.add_argument('--iou_weight', type=float, default=None,
+                      help='loss.iou_weight (train_step.py sets 0)')
+  parser.add_argument('--num_devices', type=int, default=0)
+  parser.add_argument('--warmup', type=int, default=2)
+  parser.add_argument('--rounds', type=int, default=5)
+  parser.add_argument('--per_round', type=int, default=1)
+  args = bench.apply_preset(parser.parse_args(argv))
+  if len(args.sets) < 2:
+    parser.error('give at least two --set variants (an empty --set= is the '
+                 'unchanged config)')
+
+  runs = []
+  for overrides in args.sets:
+    config = bench.load_config(args.variant, args)
+    if args.iou_weight is not None:
+      with config.unlocked():
+        config.loss.iou_weight = args.iou_weight
+    apply_overrides(config, overrides)
+    t0 = time.perf_counter()
+    run = compile_step(config)
+    print(f'# compiled [{overrides or "unchanged"}] in '
+          f'{time.perf_counter() - t0:.1f} s', flush=True)
+    runs.append(run)
+  for run in runs:
+    for _ in range(args.warmup):
+      jax.block_until_ready(run())
+  times = [[] for _ in runs]
+  for _ in range(args.rounds):
+    for run, record in zip(runs, times):
+      for _ in range(args.per_round):
+        t0 = time.perf_counter()
+        jax.block_until_ready(run())
+        record.append(time.perf_counter() - t0)
+
+  print(f'# {args.preset} {args.variant}, {args.resolution}x{args.resolution}, '
+        f'batch {args.batch}, {args.optimizer}; median of '
+        f'{args.rounds * args.per_round} steps, interleaved in '
+        f'{args.rounds} rounds')
+  reference = statistics.median(times[0])
+  for overrides, record in zip(args.sets, times):
+    median = statistics.median(record)
+    print(f'{median * 1e3:10.1f} ms  {median / reference:6.3f}x  '
+          f'[{overrides or "unchanged"}]')
+
+
+if __name__ == '__main__':
+  main()

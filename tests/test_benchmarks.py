@@ -1,0 +1,42 @@
+"""The interleaved step comparison: config overrides and one tiny run."""
+
+import pathlib
+import re
+import sys
+
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] /
+                       'benchmarks'))
+import compare_step  # pylint: disable=g-import-not-at-top
+
+from sst_jax import config_lib  # pylint: disable=g-import-not-at-top
+
+
+def test_overrides_are_typed_nested_and_checked():
+  config = config_lib.base_config()
+  compare_step.apply_overrides(
+      config, 'model.factored_convs=False, optim.lr=0.5,model.backbone=resnet18')
+  assert config.model.factored_convs is False
+  assert config.optim.lr == 0.5
+  assert config.model.backbone == 'resnet18'
+  compare_step.apply_overrides(config, '')  # the unchanged config
+  assert config.model.factored_convs is False
+  with pytest.raises(KeyError, match='model.factored'):
+    compare_step.apply_overrides(config, 'model.factored=True')
+  with pytest.raises(ValueError, match='key=value'):
+    compare_step.apply_overrides(config, 'model.factored_convs')
+
+
+def test_compare_step_times_every_variant(capsys):
+  compare_step.main([
+      '--preset=synthetic', '--width=8', '--context_features=16',
+      '--decoder_features=16', '--resolution=32', '--batch=2',
+      '--num_devices=1', '--variant=baseline', '--warmup=0', '--rounds=2',
+      '--set=model.factored_convs=False', '--set='])
+  lines = capsys.readouterr().out.splitlines()
+  rows = [l for l in lines if re.match(r'\s+[\d.]+ ms', l)]
+  assert len(rows) == 2, lines
+  assert rows[0].split()[2] == '1.000x'
+  assert rows[0].endswith('[model.factored_convs=False]')
+  assert rows[1].endswith('[unchanged]')
