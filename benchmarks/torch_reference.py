@@ -309,7 +309,8 @@ def _median_time(fn, warmup, steps):
 
 def benchmark_torch(config, flax_variables, batch: dict, *, warmup: int,
                     steps: int, threads: int = 0,
-                    channels_last: bool = False) -> dict:
+                    channels_last: bool = False,
+                    time_now: bool = True) -> dict:
   """Times inference and the SGD train step from the JAX initial weights.
 
   Args:
@@ -319,7 +320,9 @@ def benchmark_torch(config, flax_variables, batch: dict, *, warmup: int,
 
   Returns:
     dict with ``params``, ``forward_s``, ``train_step_s``, ``first_loss``,
-    ``forward_logits`` (``{head: [B,h,w,C]}``, NHWC like JAX).
+    ``forward_logits`` (``{head: [B,h,w,C]}``, NHWC like JAX). With
+    ``time_now=False`` each program runs once and ``'runners'``
+    (``{'train': fn, 'forward': fn}``) replaces the times.
   """
   from sst_jax import domains as domains_lib
   if config.optim.name != 'sgd':
@@ -344,28 +347,36 @@ def benchmark_torch(config, flax_variables, batch: dict, *, warmup: int,
 
   @torch.no_grad()
   def forward():
+    model.eval()
     logits = model(image)
     first.setdefault('logits', logits)
 
-  out['forward_s'], out['forward_times'] = _median_time(forward, warmup,
-                                                        steps)
+  if time_now:
+    out['forward_s'], out['forward_times'] = _median_time(forward, warmup,
+                                                          steps)
+  else:
+    forward()
   out['forward_logits'] = {k: v.permute(0, 2, 3, 1).numpy()
                            for k, v in first['logits'].items()}
 
-  model.train()
   # lr as the JAX step's first value (schedule at step 0); the value does not
   # change the cost.
   opt = make_sgd(model, config.optim, config.optim.lr)
 
   def train_step():
+    model.train()
     opt.zero_grad(set_to_none=True)
     loss = multi_head_cross_entropy(model(image), label, domain)
     loss.backward()
     opt.step()
     first.setdefault('loss', loss.item())
 
-  out['train_step_s'], out['train_times'] = _median_time(train_step, warmup,
-                                                         steps)
+  if time_now:
+    out['train_step_s'], out['train_times'] = _median_time(train_step, warmup,
+                                                           steps)
+  else:
+    train_step()
+    out['runners'] = {'train': train_step, 'forward': forward}
   out['first_loss'] = first['loss']
   return out
 

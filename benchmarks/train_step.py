@@ -185,8 +185,12 @@ def setup_train_step(config) -> dict:
 
 
 def benchmark_jax(config, *, warmup: int, steps_: int,
-                  forward: bool = True) -> dict:
+                  forward: bool = True, time_now: bool = True) -> dict:
   """Times the jitted train step (and inference forward) of ``config``.
+
+  With ``time_now=False`` nothing is timed: each program runs once (filling
+  ``first_loss`` and ``forward_logits``) and the dict gets ``'runners'``,
+  ``{'train': fn, 'forward': fn}``, for :func:`interleaved_times`.
 
   Returns:
     a dict of measurements; ``'initial_variables'`` (host parser variables),
@@ -218,10 +222,13 @@ def benchmark_jax(config, *, warmup: int, steps_: int,
       holder['first_loss'] = float(metrics['loss'])
     return holder['state'], metrics
 
-  out['train_step_s'], out['train_times'] = _median_time(run_train, warmup,
-                                                         steps_)
+  runners = {'train': run_train}
+  if time_now:
+    out['train_step_s'], out['train_times'] = _median_time(
+        run_train, warmup, steps_)
+  else:
+    jax.block_until_ready(run_train())
   out['first_loss'] = holder['first_loss']
-  del holder
 
   if forward:
     variables = jax.device_put(initial, repl)
@@ -239,10 +246,35 @@ def benchmark_jax(config, *, warmup: int, steps_: int,
       first.setdefault('logits', logits)
       return logits
 
-    out['forward_s'], out['forward_times'] = _median_time(run_forward, warmup,
-                                                          steps_)
+    runners['forward'] = run_forward
+    if time_now:
+      out['forward_s'], out['forward_times'] = _median_time(
+          run_forward, warmup, steps_)
+    else:
+      jax.block_until_ready(run_forward())
     out['forward_logits'] = jax.device_get(first['logits'])
+  if not time_now:
+    out['runners'] = runners
   return out
+
+
+def interleaved_times(runners: list, warmup: int, steps_: int) -> list:
+  """Times several ``fn()`` in turns: ``steps_`` rounds of one call each.
+
+  Drift on a shared machine then hits every function alike, which two
+  back-to-back medians do not guarantee. Returns one list of seconds per
+  function.
+  """
+  for fn in runners:
+    for _ in range(warmup):
+      jax.block_until_ready(fn())
+  times = [[] for _ in runners]
+  for _ in range(steps_):
+    for fn, record in zip(runners, times):
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn())
+      record.append(time.perf_counter() - t0)
+  return times
 
 
 def peak_flops(args, device_kind: str) -> float | None:
@@ -292,14 +324,32 @@ def main(argv=None) -> None:
         f'batch {args.batch}, {args.dtype}, {args.optimizer}, conv kernel '
         f'grad {args.conv_kernel_grad}, factored convs '
         f'{bool(args.factored_convs)}; median of '
-        f'{args.steps} after {args.warmup} warm-up')
+        f'{args.steps} after {args.warmup} warm-up'
+        f'{"; JAX and PyTorch timed in turns" if args.torch else ""}')
   print(f'{"":<18}{"ms/step":>11}{"img/s":>10}{"compile s":>10}'
         f'{"GFLOP/img":>13}{"GFLOP/s":>12}  {"MFU":>6}', flush=True)
   results = {'args': vars(args)}
   for variant in args.variants:
     config = load_config(variant, args)
+    pair = bool(args.torch and variant == 'baseline' and args.steps)
     r = benchmark_jax(config, warmup=args.warmup, steps_=args.steps,
-                      forward=variant == 'baseline')
+                      forward=variant == 'baseline', time_now=not pair)
+    if pair:
+      # The PyTorch reference is timed in turns with JAX, step by step.
+      import torch_reference
+      t = torch_reference.benchmark_torch(
+          config, r['initial_variables'], r['batch'], warmup=args.warmup,
+          steps=args.steps, threads=args.torch_threads,
+          channels_last=args.channels_last, time_now=False)
+      for kind in ('train', 'forward'):
+        jax_times, torch_times = interleaved_times(
+            [r['runners'][kind], t['runners'][kind]], args.warmup, args.steps)
+        key = 'train_step' if kind == 'train' else 'forward'
+        r[f'{key}_s'] = statistics.median(jax_times)
+        t[f'{key}_s'] = statistics.median(torch_times)
+        r[f'{key.replace("_step", "")}_times'] = jax_times
+        t[f'{key.replace("_step", "")}_times'] = torch_times
+      del r['runners'], t['runners']
     peak = peak_flops(args, r['device_kind'])
     if not args.steps:
       print(f'{f"jax {variant} train":<18}{"-":>11}{"-":>10}'
@@ -317,12 +367,7 @@ def main(argv=None) -> None:
             flush=True)
     results[variant] = {k: v for k, v in r.items() if k not in (
         'initial_variables', 'batch', 'forward_logits')}
-    if args.torch and variant == 'baseline':
-      import torch_reference
-      t = torch_reference.benchmark_torch(
-          config, r['initial_variables'], r['batch'], warmup=args.warmup,
-          steps=args.steps, threads=args.torch_threads,
-          channels_last=args.channels_last)
+    if pair:
       print(_row('torch train', args.batch, t['train_step_s'], 0.0,
                  r['train_flops_per_image'], None))
       print(_row('torch inference', args.batch, t['forward_s'], 0.0,
