@@ -27,11 +27,8 @@ import statistics
 import sys
 import time
 
-import jax
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_step as bench  # pylint: disable=g-import-not-at-top
-
 
 
 def _parse_value(text: str):
@@ -102,16 +99,8 @@ def main(argv=None) -> None:
     print(f'# compiled [{overrides or "unchanged"}] in '
           f'{time.perf_counter() - t0:.1f} s', flush=True)
     runs.append(run)
-  for run in runs:
-    for _ in range(args.warmup):
-      jax.block_until_ready(run())
-  times = [[] for _ in runs]
-  for _ in range(args.rounds):
-    for run, record in zip(runs, times):
-      for _ in range(args.per_round):
-        t0 = time.perf_counter()
-        jax.block_until_ready(run())
-        record.append(time.perf_counter() - t0)
+  times = bench.interleaved_times(runs, args.warmup, args.rounds,
+                                  args.per_round)
 
   print(f'# {args.preset} {args.variant}, {args.resolution}x{args.resolution}, '
         f'batch {args.batch}, {args.optimizer}; median of '

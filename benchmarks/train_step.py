@@ -258,8 +258,10 @@ def benchmark_jax(config, *, warmup: int, steps_: int,
   return out
 
 
-def interleaved_times(runners: list, warmup: int, steps_: int) -> list:
-  """Times several ``fn()`` in turns: ``steps_`` rounds of one call each.
+def interleaved_times(runners: list, warmup: int, rounds: int,
+                      per_round: int = 1) -> list:
+  """Times several ``fn()`` in turns: ``rounds`` rounds of ``per_round``
+  calls of each.
 
   Drift on a shared machine then hits every function alike, which two
   back-to-back medians do not guarantee. Returns one list of seconds per
@@ -269,11 +271,12 @@ def interleaved_times(runners: list, warmup: int, steps_: int) -> list:
     for _ in range(warmup):
       jax.block_until_ready(fn())
   times = [[] for _ in runners]
-  for _ in range(steps_):
+  for _ in range(rounds):
     for fn, record in zip(runners, times):
-      t0 = time.perf_counter()
-      jax.block_until_ready(fn())
-      record.append(time.perf_counter() - t0)
+      for _ in range(per_round):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        record.append(time.perf_counter() - t0)
   return times
 
 
@@ -341,14 +344,12 @@ def main(argv=None) -> None:
           config, r['initial_variables'], r['batch'], warmup=args.warmup,
           steps=args.steps, threads=args.torch_threads,
           channels_last=args.channels_last, time_now=False)
-      for kind in ('train', 'forward'):
-        jax_times, torch_times = interleaved_times(
-            [r['runners'][kind], t['runners'][kind]], args.warmup, args.steps)
-        key = 'train_step' if kind == 'train' else 'forward'
-        r[f'{key}_s'] = statistics.median(jax_times)
-        t[f'{key}_s'] = statistics.median(torch_times)
-        r[f'{key.replace("_step", "")}_times'] = jax_times
-        t[f'{key.replace("_step", "")}_times'] = torch_times
+      for kind, key in (('train', 'train_step'), ('forward', 'forward')):
+        for out, times in zip((r, t), interleaved_times(
+            [r['runners'][kind], t['runners'][kind]], args.warmup,
+            args.steps)):
+          out[f'{key}_s'] = statistics.median(times)
+          out[f'{kind}_times'] = times
       del r['runners'], t['runners']
     peak = peak_flops(args, r['device_kind'])
     if not args.steps:
