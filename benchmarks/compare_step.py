@@ -12,7 +12,8 @@ compiles one train step per ``--set`` (comma-separated ``key=value``
 overrides of the config, applied after the model/input flags; an empty
 ``--set=`` is the unchanged config), then times them in turns: each round
 runs ``--per_round`` steps of every variant in order. It prints the median
-step time of each variant and its ratio to the first one.
+step time of each variant and its ratio to the first one. ``--forward``
+times the inference forward pass (``train=False``) instead.
 
 Same model, state, optimizer and jitted step as ``train_step.py`` (same
 presets and model flags).
@@ -27,8 +28,12 @@ import statistics
 import sys
 import time
 
+import jax
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_step as bench  # pylint: disable=g-import-not-at-top
+
+from sst_jax import steps  # pylint: disable=g-import-not-at-top
 
 
 def _parse_value(text: str):
@@ -55,10 +60,20 @@ def apply_overrides(config, overrides: str):
   return config
 
 
-def compile_step(config):
-  """The jitted train step of ``config`` and a closure running it."""
+def compile_step(config, forward: bool = False):
+  """The jitted train step of ``config`` and a closure running it.
+
+  With ``forward``, the inference forward pass (``train=False``) instead.
+  """
   setup = bench.setup_train_step(config)
   state, batch, rng = setup['state'], setup['batch'], setup['rng']
+  if forward:
+    model, repl, data = setup['model'], setup['replicated'], setup['data']
+    variables = steps.parser_variables(state.params, state.model_state)
+    fwd = jax.jit(lambda v, x: model.apply(v, x, train=False)[0],
+                  in_shardings=(repl, data), out_shardings=data)
+    compiled = fwd.lower(variables, batch['image']).compile()
+    return lambda: compiled(variables, batch['image'])
   compiled = setup['step_fn'].lower(state, batch, rng).compile()
   holder = {'state': state}
 
@@ -82,6 +97,9 @@ def main(argv=None) -> None:
   parser.add_argument('--warmup', type=int, default=2)
   parser.add_argument('--rounds', type=int, default=5)
   parser.add_argument('--per_round', type=int, default=1)
+  parser.add_argument('--forward', action='store_true',
+                      help='time the inference forward pass instead of the '
+                      'train step')
   args = bench.apply_preset(parser.parse_args(argv))
   if len(args.sets) < 2:
     parser.error('give at least two --set variants (an empty --set= is the '
@@ -95,14 +113,16 @@ def main(argv=None) -> None:
         config.loss.iou_weight = args.iou_weight
     apply_overrides(config, overrides)
     t0 = time.perf_counter()
-    run = compile_step(config)
+    run = compile_step(config, args.forward)
     print(f'# compiled [{overrides or "unchanged"}] in '
           f'{time.perf_counter() - t0:.1f} s', flush=True)
     runs.append(run)
   times = bench.interleaved_times(runs, args.warmup, args.rounds,
                                   args.per_round)
 
-  print(f'# {args.preset} {args.variant}, {args.resolution}x{args.resolution}, '
+  what = 'inference forward' if args.forward else 'train step'
+  print(f'# {what}, {args.preset} {args.variant}, '
+        f'{args.resolution}x{args.resolution}, '
         f'batch {args.batch}, {args.optimizer}; median of '
         f'{args.rounds * args.per_round} steps, interleaved in '
         f'{args.rounds} rounds')

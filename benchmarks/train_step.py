@@ -84,6 +84,10 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--factored_convs', type=int, default=1, choices=(0, 1),
                       help='config.model.factored_convs (1: the convolutions '
                       'over upsampled inputs mix them before upsampling)')
+  parser.add_argument('--residual_relu', default='select',
+                      choices=tuple(layers.RESIDUAL_RELUS),
+                      help='config.model.residual_relu (max: XLA:CPU '
+                      'recomputes the residual stream in later blocks)')
   parser.add_argument('--dtype', choices=('float32', 'bfloat16'),
                       default='float32')
   parser.add_argument('--optimizer', choices=('sgd', 'adamw'), default='sgd')
@@ -111,6 +115,7 @@ def load_config(variant: str, args):
     config.model.deep_stem = args.deep_stem
     config.model.conv_kernel_grad = args.conv_kernel_grad
     config.model.factored_convs = bool(args.factored_convs)
+    config.model.residual_relu = args.residual_relu
     config.data.crop_size = args.resolution
     config.batch_size = args.batch
     config.dtype = args.dtype
@@ -326,7 +331,8 @@ def main(argv=None) -> None:
         f'{args.decoder_features}, {args.resolution}x{args.resolution}, '
         f'batch {args.batch}, {args.dtype}, {args.optimizer}, conv kernel '
         f'grad {args.conv_kernel_grad}, factored convs '
-        f'{bool(args.factored_convs)}; median of '
+        f'{bool(args.factored_convs)}, residual relu {args.residual_relu}; '
+        f'median of '
         f'{args.steps} after {args.warmup} warm-up'
         f'{"; JAX and PyTorch timed in turns" if args.torch else ""}')
   print(f'{"":<18}{"ms/step":>11}{"img/s":>10}{"compile s":>10}'

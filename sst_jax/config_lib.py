@@ -44,6 +44,7 @@ def base_config() -> ml_collections.ConfigDict:
   # KxK convolutions' kernel gradient: 'auto' (matrix products per kernel
   # tap on CPU, XLA's convolution elsewhere), 'xla' or 'matmul'.
   c.model.conv_kernel_grad = 'auto'
+  c.model.residual_relu = 'select'  # 'select' | 'max' (layers.relu)
 
   c.init = ml_collections.ConfigDict()
   c.init.backbone = ''        # ImageNet ResNet or SCHP weights (.pth/.safetensors/.npz)

@@ -47,6 +47,7 @@ def validate_config(config) -> tuple[domains_lib.Domain, ...]:
     raise ValueError(f"config.mode must be 'train' or 'eval', got "
                      f'{config.mode!r}')
   layers.resolve_kernel_grad(config.model.get('conv_kernel_grad', 'auto'))
+  layers.residual_relu(config.model.get('residual_relu', 'select'))
   final_size = config.data.get('final_crop_size', 0)
   final_steps = config.data.get('final_crop_steps', 0)
   if final_size < 0 or (final_size and not 0 < final_steps <=

@@ -40,3 +40,16 @@ def test_compare_step_times_every_variant(capsys):
   assert rows[0].split()[2] == '1.000x'
   assert rows[0].endswith('[model.factored_convs=False]')
   assert rows[1].endswith('[unchanged]')
+
+
+def test_compare_step_forward_times_the_inference_pass(capsys):
+  compare_step.main([
+      '--preset=synthetic', '--width=8', '--context_features=16',
+      '--decoder_features=16', '--resolution=32', '--batch=2',
+      '--num_devices=1', '--variant=baseline', '--warmup=0', '--rounds=2',
+      '--forward', '--set=model.residual_relu=max', '--set='])
+  lines = capsys.readouterr().out.splitlines()
+  assert any(l.startswith('# inference forward,') for l in lines), lines
+  rows = [l for l in lines if re.match(r'\s+[\d.]+ ms', l)]
+  assert [r.split('[')[-1] for r in rows] == ['model.residual_relu=max]',
+                                              'unchanged]'], lines

@@ -192,3 +192,82 @@ def test_parser_factored_convs_same_model_fewer_flops():
   # (about 40 % of what it removes at these tiny sizes; ResNet-101 at 473x473
   # saves 231 of 1454 GFLOP per image, docs/results.md).
   assert 0.5 * removed < saved < removed, (saved, removed)
+
+
+def test_relu_is_jax_relu_in_values_and_gradients():
+  x = jnp.asarray([-2.0, -0.0, 0.0, 1e-30, 3.0, -jnp.inf, jnp.inf, jnp.nan])
+  np.testing.assert_array_equal(np.asarray(layers.relu(x)),
+                                np.asarray(jax.nn.relu(x)))
+  assert np.isnan(np.asarray(layers.relu(x))[-1])  # NaN is not masked
+  g = jnp.arange(1.0, 8.0)
+  grad = jax.grad(lambda v: jnp.sum(layers.relu(v) * g))(x[:-1])
+  ref = jax.grad(lambda v: jnp.sum(jax.nn.relu(v) * g))(x[:-1])
+  np.testing.assert_array_equal(np.asarray(grad), np.asarray(ref))
+  assert float(grad[2]) == 0.0  # relu's convention at exactly 0
+
+
+def _largest_fusion(compiled) -> int:
+  """Instruction count of the largest fused computation in the program."""
+  sizes, current = [], None
+  for line in compiled.as_text().splitlines():
+    if line.lstrip('%').startswith('fused_computation'):
+      current = 0
+    elif line.startswith('}') and current is not None:
+      sizes.append(current)
+      current = None
+    elif current is not None:
+      current += 1
+  return max(sizes)
+
+
+@pytest.mark.parametrize('train', [False, True])
+def test_resnet_fusions_do_not_grow_with_depth(train):
+  # With residual_relu='max', XLA:CPU duplicated the residual stream into
+  # every later block's fusion (layers.relu): the largest fusion of a
+  # 12-block stage was about 6x that of a 2-block stage, and this failed.
+  from sst_jax.models import resnet  # pylint: disable=g-import-not-at-top
+  x = jnp.ones((2, 33, 33, 3))
+  largest = []
+  for blocks in (2, 12):
+    net = resnet.ResNet(stage_sizes=(1, 1, blocks, 1), block='bottleneck',
+                        width=8, output_stride=16)
+    variables = net.init(jax.random.key(0), x)
+
+    def loss(params, net=net, variables=variables):
+      out, _ = net.apply({**variables, 'params': params}, x, train=train,
+                         mutable=['batch_stats'])
+      return sum(jnp.sum(v ** 2) for v in out.values())
+
+    fn = jax.grad(loss) if train else loss
+    largest.append(_largest_fusion(
+        jax.jit(fn).lower(variables['params']).compile()))
+  assert largest[1] <= largest[0] + 10, largest
+
+
+def test_parser_residual_relu_switch_same_model():
+  # In float64, so that XLA's different fusion (and float32 rounding) of the
+  # two forms does not hide a real difference.
+  def make(name):
+    return parser_lib.Parser(num_classes={'a': 3}, backbone='resnet_tiny',
+                             width=8, output_stride=16, context_features=16,
+                             decoder_features=16, residual_relu=name,
+                             dtype=jnp.float64)
+  with jax.enable_x64(True):
+    image = jax.random.normal(jax.random.key(1), (2, 32, 32, 3), jnp.float64)
+    variables = jax.tree.map(lambda v: v.astype(jnp.float64),
+                             make('select').init(jax.random.key(0), image))
+    outs = {}
+    for name in ('select', 'max'):
+      def loss(params, name=name):
+        logits, _ = make(name).apply({**variables, 'params': params}, image,
+                                     train=True, mutable=['batch_stats'])[0]
+        return jnp.sum(logits['a'] ** 2), logits['a']
+      outs[name] = jax.jit(jax.grad(loss, has_aux=True))(variables['params'])
+    np.testing.assert_allclose(outs['select'][1], outs['max'][1], rtol=1e-12,
+                               atol=1e-12)
+    for a, b in zip(jax.tree.leaves(outs['select'][0]),
+                    jax.tree.leaves(outs['max'][0])):
+      np.testing.assert_allclose(a, b, rtol=0,
+                                 atol=1e-9 * float(np.max(np.abs(b))))
+    with pytest.raises(ValueError, match='residual_relu must be one of'):
+      make('gelu').init(jax.random.key(0), image)

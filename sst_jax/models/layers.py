@@ -140,6 +140,42 @@ class Conv1x1(nn.Module):
     return y
 
 
+@jax.custom_jvp
+def relu(x: jnp.ndarray) -> jnp.ndarray:
+  """``max(x, 0)`` written as a select: what residual sums should go through.
+
+  Same values (NaN propagates) and the same gradient as ``jax.nn.relu`` (0
+  at ``x == 0``). The difference is in how XLA:CPU fuses it. A residual
+  stream ``x_k = relu(x_{k-1} + bn(conv(x_{k-1})))`` feeds two consumers,
+  the next block's convolution and its residual add. With ``max`` the CPU
+  fusion pass duplicates the producer into the add's fusion, block after
+  block, so the fusion of block ``k`` recomputes the BatchNorm, add and
+  ReLU of every earlier block of the stage: quadratic elementwise work
+  (ResNet-101's layer3 has 23 blocks; its last fusion holds 361
+  instructions). The select is not duplicated, each fusion stays the size
+  of one block: the ResNet-101 parser's forward pass takes 0.87x and its
+  train step 0.92x the time (257x257, ``docs/results.md``).
+  """
+  return jnp.where(x < 0, jnp.zeros_like(x), x)
+
+
+relu.defjvps(lambda g, ans, x: jax.lax.select(x > 0, g, jnp.zeros_like(g)))
+
+RESIDUAL_RELUS = {'select': relu, 'max': jax.nn.relu}
+
+
+def residual_relu(name: str):
+  """The ReLU after residual sums, by name.
+
+  ``'select'`` is :func:`relu` (the default), ``'max'`` is ``jax.nn.relu``:
+  same values and gradients, different XLA fusion.
+  """
+  if name not in RESIDUAL_RELUS:
+    raise ValueError(f'residual_relu must be one of {tuple(RESIDUAL_RELUS)}, '
+                     f'got {name!r}')
+  return RESIDUAL_RELUS[name]
+
+
 KERNEL_GRAD_MODES = ('auto', 'xla', 'matmul')
 MATMUL_KERNEL_GRAD_MIN_CHANNELS = 64
 

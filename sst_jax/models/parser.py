@@ -161,6 +161,9 @@ class Parser(nn.Module):
       one of ``layers.KERNEL_GRAD_MODES`` (``'auto'``: matrix products per
       kernel tap on CPU, XLA's convolution elsewhere). Same parameters and
       outputs in every mode.
+    residual_relu: the backbone's ReLU after residual sums (``'select'``,
+      or ``'max'``: same function, but XLA:CPU then recomputes the residual
+      stream in every later block; :func:`layers.relu`).
   """
   num_classes: dict[str, int]
   backbone: str = 'resnet18'
@@ -175,6 +178,7 @@ class Parser(nn.Module):
   edge: bool = False
   dtype: Any = jnp.float32
   conv_kernel_grad: str = 'auto'
+  residual_relu: str = 'select'
 
   @nn.compact
   def __call__(self, image, train: bool = False, heads=None):
@@ -192,7 +196,8 @@ class Parser(nn.Module):
     feats = resnet.make_resnet(
         self.backbone, width=self.width, output_stride=self.output_stride,
         deep_stem=self.deep_stem, dilate_first_block=self.dilate_first_block,
-        dtype=self.dtype, conv_kernel_grad=grad, name='backbone')(
+        dtype=self.dtype, conv_kernel_grad=grad,
+        residual_relu=self.residual_relu, name='backbone')(
             image, train)
     context = PyramidPooling(self.context_features, self.psp_bins,
                              self.dtype, grad, self.factored_convs,
@@ -236,4 +241,5 @@ def make_parser(model_config, domain_names: Sequence[str],
       factored_convs=model_config.get('factored_convs', True),
       edge=model_config.edge,
       dtype=dtype,
-      conv_kernel_grad=model_config.get('conv_kernel_grad', 'auto'))
+      conv_kernel_grad=model_config.get('conv_kernel_grad', 'auto'),
+      residual_relu=model_config.get('residual_relu', 'select'))

@@ -40,6 +40,7 @@ class BasicBlock(nn.Module):
   dilation: int = 1
   conv: ModuleDef = nn.Conv
   dtype: Any = jnp.float32
+  residual_relu: str = 'select'
   expansion = 1
 
   @nn.compact
@@ -55,7 +56,7 @@ class BasicBlock(nn.Module):
       x = self.conv(self.features, (1, 1), self.strides,
                     name='downsample_conv')(x)
       x = norm_layer(train, self.dtype, 'downsample_bn')(x)
-    return nn.relu(x + y)
+    return layers.residual_relu(self.residual_relu)(x + y)
 
 
 class Bottleneck(nn.Module):
@@ -65,6 +66,7 @@ class Bottleneck(nn.Module):
   dilation: int = 1
   conv: ModuleDef = nn.Conv
   dtype: Any = jnp.float32
+  residual_relu: str = 'select'
   expansion = 4
 
   @nn.compact
@@ -81,7 +83,7 @@ class Bottleneck(nn.Module):
     if x.shape[-1] != out or self.strides != 1:
       x = self.conv(out, (1, 1), self.strides, name='downsample_conv')(x)
       x = norm_layer(train, self.dtype, 'downsample_bn')(x)
-    return nn.relu(x + y)
+    return layers.residual_relu(self.residual_relu)(x + y)
 
 
 def stage_strides(output_stride: int) -> tuple[tuple[int, int], ...]:
@@ -111,6 +113,9 @@ class ResNet(nn.Module):
       layout); the default keeps the torchvision/DeepLab convention.
     conv_kernel_grad: how KxK convolutions compute their kernel gradient
       (``layers.KERNEL_GRAD_MODES``); no effect on parameters or outputs.
+    residual_relu: the ReLU after each residual sum, ``'select'`` or
+      ``'max'`` (:func:`sst_jax.models.layers.residual_relu`); no effect on
+      parameters or outputs.
   """
   stage_sizes: Sequence[int]
   block: str = 'basic'
@@ -120,6 +125,7 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
   dilate_first_block: bool = False
   conv_kernel_grad: str = 'xla'
+  residual_relu: str = 'select'
 
   @nn.compact
   def __call__(self, x, train: bool = False) -> dict[str, jnp.ndarray]:
@@ -147,6 +153,7 @@ class ResNet(nn.Module):
         d = max(dilation // 2, 1) if first else dilation
         x = block_cls(self.width * 2**i, strides=stride if j == 0 else 1,
                       dilation=d, conv=conv, dtype=self.dtype,
+                      residual_relu=self.residual_relu,
                       name=f'layer{i + 1}_{j}')(x, train)
       feats[f'res{i + 2}'] = x
     return feats
