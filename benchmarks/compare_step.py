@@ -28,8 +28,6 @@ import statistics
 import sys
 import time
 
-import jax
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_step as bench  # pylint: disable=g-import-not-at-top
 
@@ -68,11 +66,9 @@ def compile_step(config, forward: bool = False):
   setup = bench.setup_train_step(config)
   state, batch, rng = setup['state'], setup['batch'], setup['rng']
   if forward:
-    model, repl, data = setup['model'], setup['replicated'], setup['data']
     variables = steps.parser_variables(state.params, state.model_state)
-    fwd = jax.jit(lambda v, x: model.apply(v, x, train=False)[0],
-                  in_shardings=(repl, data), out_shardings=data)
-    compiled = fwd.lower(variables, batch['image']).compile()
+    compiled = bench.jit_forward(setup).lower(variables,
+                                              batch['image']).compile()
     return lambda: compiled(variables, batch['image'])
   compiled = setup['step_fn'].lower(state, batch, rng).compile()
   holder = {'state': state}

@@ -189,6 +189,17 @@ def setup_train_step(config) -> dict:
   }
 
 
+def jit_forward(setup: dict):
+  """The jitted inference forward pass of a :func:`setup_train_step` dict.
+
+  ``fn(variables, image) -> logits``, ``train=False``, with its shardings.
+  """
+  model = setup['model']
+  return jax.jit(lambda v, x: model.apply(v, x, train=False)[0],
+                 in_shardings=(setup['replicated'], setup['data']),
+                 out_shardings=setup['data'])
+
+
 def benchmark_jax(config, *, warmup: int, steps_: int,
                   forward: bool = True, time_now: bool = True) -> dict:
   """Times the jitted train step (and inference forward) of ``config``.
@@ -204,8 +215,7 @@ def benchmark_jax(config, *, warmup: int, steps_: int,
   setup = setup_train_step(config)
   state, batch, rng = setup['state'], setup['batch'], setup['rng']
   n_dev = setup['mesh'].devices.size
-  repl, data = setup['replicated'], setup['data']
-  model, host_batch = setup['model'], setup['host_batch']
+  repl, host_batch = setup['replicated'], setup['host_batch']
   initial = jax.device_get(steps.parser_variables(state.params,
                                                   state.model_state))
   out = {'devices': n_dev, 'device_kind': jax.devices()[0].device_kind,
@@ -237,10 +247,8 @@ def benchmark_jax(config, *, warmup: int, steps_: int,
 
   if forward:
     variables = jax.device_put(initial, repl)
-    fwd = jax.jit(lambda v, x: model.apply(v, x, train=False)[0],
-                  in_shardings=(repl, data), out_shardings=data)
     t0 = time.perf_counter()
-    fwd_compiled = fwd.lower(variables, batch['image']).compile()
+    fwd_compiled = jit_forward(setup).lower(variables, batch['image']).compile()
     out['forward_compile_s'] = time.perf_counter() - t0
     out['forward_flops_per_image'] = (_flops(fwd_compiled) * n_dev /
                                       config.batch_size)

@@ -201,12 +201,10 @@ class Parser(nn.Module):
             image, train)
     context = PyramidPooling(self.context_features, self.psp_bins,
                              self.dtype, grad, self.factored_convs,
-                             name='context')(feats['res5'],
-                                                               train)
+                             name='context')(feats['res5'], train)
     decoder = Decoder(self.decoder_features, dtype=self.dtype,
                       kernel_grad=grad, factored=self.factored_convs,
-                      name='decoder')(context, feats['res2'],
-                                                        train)
+                      name='decoder')(context, feats['res2'], train)
     aux = {'res2': feats['res2'], 'res5': feats['res5'], 'context': context,
            'decoder': decoder}
     if self.edge:
