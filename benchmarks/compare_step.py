@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import ast
 import os
+import re
 import statistics
 import sys
 import time
@@ -42,9 +43,14 @@ def _parse_value(text: str):
 
 
 def apply_overrides(config, overrides: str):
-  """``'a.b=1,c=x'`` -> ``config.a.b = 1; config.c = 'x'``."""
+  """``'a.b=1,c=x'`` -> ``config.a.b = 1; config.c = 'x'``.
+
+  A comma starts a new item only before ``key=``, so values may be tuples:
+  ``"sst.scales=('context','decoder')"``.
+  """
+  items = re.split(r',(?=\s*[A-Za-z_][\w.]*\s*=)', overrides)
   with config.unlocked():
-    for item in filter(None, (s.strip() for s in overrides.split(','))):
+    for item in filter(None, (s.strip() for s in items)):
       if '=' not in item:
         raise ValueError(f'--set expects key=value items, got {item!r}')
       key, value = item.split('=', 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent import futures
 import functools
 import json
 import time
@@ -179,6 +180,34 @@ def load_init_from(config, domains, state):
   return params, model_state, new
 
 
+def jit_train_step(config, model, sst_model, tx, domain_names, lr_fn, mesh):
+  """The jitted update step: state replicated, batch sharded, state donated."""
+  repl = parallel.replicated(mesh)
+  return jax.jit(
+      functools.partial(steps.train_step, model=model, sst_model=sst_model,
+                        tx=tx, domain_names=domain_names, cfg=config,
+                        lr_fn=lr_fn),
+      donate_argnums=0,
+      in_shardings=(repl, parallel.data_sharding(mesh), repl),
+      out_shardings=(repl, repl))
+
+
+def precompile_train_step(train_step, state, rng, batch_spec: dict, mesh):
+  """Compiles ``train_step`` for batches of ``batch_spec`` before any exist.
+
+  ``batch_spec`` is ``pipeline.train_batch_spec``'s ``{key: (shape, dtype)}``
+  of the global batch. jit reuses the executable when the real batches come
+  (same shapes, dtypes and shardings), so the first step does not compile.
+  """
+  repl, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
+  abstract_state = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl,
+                                     weak_type=x.weak_type), state)
+  batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=data)
+           for k, (shape, dtype) in batch_spec.items()}
+  return train_step.lower(abstract_state, batch, rng).compile()
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   """Trains (resuming from the latest checkpoint in ``workdir``) and evaluates.
 
@@ -200,47 +229,64 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   lr_fn = optim.learning_rate_schedule(config.optim, config.total_steps)
   writer = writers.MetricWriter(workdir)
 
-  # Initialize (on device, replicated).
+  # The state's shapes; the state itself comes from a checkpoint or from a
+  # (jit-compiled) initialization, which runs in the background below.
   repl = parallel.replicated(mesh)
   init_fn = functools.partial(init_train_state, model=model,
                               sst_model=sst_model, tx=tx,
                               image_size=config.data.crop_size)
-  state = jax.jit(init_fn, out_shardings=repl)(jax.random.key(config.seed))
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl,
+                                     weak_type=x.weak_type),
+      jax.eval_shape(init_fn, jax.random.key(config.seed)))
 
-  # Load checkpoint, or initialize from a trained model / pretrained weights.
+  # Several processes must launch their computations in the same order, which
+  # a background thread would not guarantee: with several, everything below
+  # runs in order (the state is initialized first).
+  sequential = jax.process_count() > 1
+  fresh = jax.jit(init_fn, out_shardings=repl)(
+      jax.random.key(config.seed)) if sequential else None
+
+  def initialize():
+    """A fresh state, or one from a trained model / pretrained weights."""
+    state = fresh if fresh is not None else jax.jit(
+        init_fn, out_shardings=repl)(jax.random.key(config.seed))
+    if config.init_from:
+      params, model_state, _ = load_init_from(config, domains, state)
+      state = parallel.replicate(state.replace(
+          params=params, model_state=model_state,
+          opt_state=tx.init(params)), mesh)
+    elif config.init.backbone:
+      from sst_jax.models import pretrained
+      variables = steps.parser_variables(*jax.device_get(
+          (state.params, state.model_state)))
+      variables, report = pretrained.load_backbone_into(variables,
+                                                        config.init.backbone)
+      params = dict(state.params, parser=variables['params'])
+      model_state = dict(state.model_state,
+                         batch_stats=variables['batch_stats'])
+      state = parallel.replicate(state.replace(params=params,
+                                               model_state=model_state), mesh)
+      writers.echo(f'backbone weights from {config.init.backbone}: '
+                   f'{report.summary()}')
+    return state
+
+  # Resume from the latest checkpoint.
   manager = checkpointing.make_manager(
       workdir, config.keep_checkpoints, async_save=config.async_checkpoints)
-  start_step, data_state = 0, None
+  start_step, data_state, state = 0, None, None
   latest = manager.latest_step()
   if latest is not None:
     meta = checkpointing.restore_metadata(manager, latest)
     checkpointing.check_domains(meta, domains, manager.directory)
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), state)
     state, data_state = checkpointing.restore(manager, latest, abstract)
     start_step = int(latest)
     writers.echo(f'resuming from {manager.directory} step {start_step}')
-  elif config.init_from:
-    params, model_state, _ = load_init_from(config, domains, state)
-    state = parallel.replicate(state.replace(
-        params=params, model_state=model_state, opt_state=tx.init(params)),
-                               mesh)
-  elif config.init.backbone:
-    from sst_jax.models import pretrained
-    variables = steps.parser_variables(*jax.device_get(
-        (state.params, state.model_state)))
-    variables, report = pretrained.load_backbone_into(variables,
-                                                      config.init.backbone)
-    params = dict(state.params, parser=variables['params'])
-    model_state = dict(state.model_state,
-                       batch_stats=variables['batch_stats'])
-    state = parallel.replicate(state.replace(params=params,
-                                             model_state=model_state), mesh)
-    writers.echo(f'backbone weights from {config.init.backbone}: '
-                 f'{report.summary()}')
   if start_step >= config.total_steps:
     writers.echo(f'{workdir} already holds the final checkpoint (step '
                  f'{start_step}); evaluating it')
+  if sequential and state is None:
+    state = initialize()
 
   # Input pipeline.
   mix = dict(config.data.mix)
@@ -252,33 +298,74 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   parallel.local_batch_size(global_batch, mesh)
   switch = final_crop_start(config)
 
-  def make_iterator(first_index):
-    """The iterator from batch ``first_index`` on, at that phase's crop."""
+  def phase_data_config(first_index):
+    """``config.data`` of the training phase of batch ``first_index``."""
     data_cfg = config.data.copy_and_resolve_references()
     with data_cfg.unlocked():
       data_cfg.mix = mix
       if first_index >= switch:
         data_cfg.crop_size = config.data.final_crop_size
-        writers.echo(f'steps {first_index + 1}-'
-                     f'{config.total_steps}: {data_cfg.crop_size}x'
-                     f'{data_cfg.crop_size} crops (compiling)')
+    return data_cfg
+
+  def make_iterator(first_index):
+    """The iterator from batch ``first_index`` on, at that phase's crop."""
+    data_cfg = phase_data_config(first_index)
+    if first_index >= switch:
+      writers.echo(f'steps {first_index + 1}-{config.total_steps}: '
+                   f'{data_cfg.crop_size}x{data_cfg.crop_size} crops '
+                   '(compiling)')
     dataset = pipeline.train_dataset(
         domain_names, data_cfg, global_batch, config.seed,
         jax.process_index(), jax.process_count(),
         groups=batch_groups(config, mix))
     return pipeline.train_iterator(dataset, data_cfg, start_step=first_index)
 
-  data_iter = make_iterator((data_state or {}).get('next_index', start_step))
+  train_step = jit_train_step(config, model, sst_model, tx, domain_names,
+                              lr_fn, mesh)
 
-  # Compile the update step.
-  train_step = jax.jit(
-      functools.partial(steps.train_step, model=model, sst_model=sst_model,
-                        tx=tx, domain_names=domain_names, cfg=config,
-                        lr_fn=lr_fn),
-      donate_argnums=0,
-      in_shardings=(repl, parallel.data_sharding(mesh), repl),
-      out_shardings=(repl, repl))
-  rng = parallel.constant(lambda: jax.random.key(config.seed + 1), mesh)
+  def new_rng():
+    return parallel.constant(lambda: jax.random.key(config.seed + 1), mesh)
+
+  # XLA compiles the initialization and the step (in C++, without the GIL)
+  # while the input pipeline starts up (renders or reads its cache): on a CPU
+  # each takes tens of seconds, and the first step then finds all of it done.
+  first_index = (data_state or {}).get('next_index', start_step)
+  spec = pipeline.train_batch_spec(phase_data_config(first_index),
+                                   global_batch)
+
+  def timed(fn, *args):
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t0
+
+  if sequential:
+    data_iter = make_iterator(first_index)
+    rng = new_rng()
+  else:
+    rng = new_rng()
+    pool = futures.ThreadPoolExecutor(1, thread_name_prefix='compile')
+    try:
+      fresh = pool.submit(timed, initialize) if state is None else None
+      compiled = None
+      if start_step < config.total_steps:
+        compiled = pool.submit(timed, precompile_train_step, train_step,
+                               abstract, rng, spec, mesh)
+      t0 = time.perf_counter()
+      data_iter = make_iterator(first_index)
+      pipeline_s = time.perf_counter() - t0
+      done = []
+      if fresh is not None:
+        state, seconds = fresh.result()
+        done.append(f'state initialized in {seconds:.0f} s')
+      if compiled is not None:
+        done.append(f'train step compiled in {compiled.result()[1]:.0f} s')
+      if done:
+        writers.echo(f'{", ".join(done)}, alongside the input pipeline start '
+                     f'({pipeline_s:.0f} s)')
+    finally:
+      # On an input-pipeline error, report it now rather than after the
+      # compilation (the worker finishes in the background).
+      pool.shutdown(wait=False)
 
   def save(step, force=False):
     checkpointing.save(manager, step, state, data_iter.get_state(),
@@ -299,8 +386,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   # Train loop.
   writers.echo(f'training steps {start_step + 1}-{config.total_steps}: '
                f'global batch {global_batch} over {mesh.devices.size} '
-               f'devices, domains {", ".join(domain_names)} (the first step '
-               'compiles)')
+               f'devices, domains {", ".join(domain_names)}')
   progress = writers.Progress(config.total_steps, start_step, global_batch)
   pending, last_flush, results = [], start_step, None
   step = start_step

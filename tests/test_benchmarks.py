@@ -20,6 +20,10 @@ def test_overrides_are_typed_nested_and_checked():
   assert config.model.factored_convs is False
   assert config.optim.lr == 0.5
   assert config.model.backbone == 'resnet18'
+  compare_step.apply_overrides(
+      config, "sst.scales=('res2', 'decoder'),sst.dim=32")
+  assert config.sst.scales == ('res2', 'decoder')
+  assert config.sst.dim == 32
   compare_step.apply_overrides(config, '')  # the unchanged config
   assert config.model.factored_convs is False
   with pytest.raises(KeyError, match='model.factored'):

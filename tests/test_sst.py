@@ -1,7 +1,5 @@
 """SST modules: references, masking, stop-gradients, shapes, zero-cost baseline."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -273,3 +271,17 @@ def test_extending_with_a_new_domain_keeps_old_parameters(tmp_path):
   assert 'head_synthetic_atr' in params['parser']
   assert 'synthetic_atr' in model_state['sst_memory']
   assert set(flat_new) > set(flat_old)
+
+
+def test_scales_must_be_parser_features_ending_with_the_decoder():
+  config = tiny.get_config('sst')
+  domains = train.validate_config(config)
+  for bad in (('res3', 'decoder'), ('decoder', 'context'), ()):
+    with config.unlocked():
+      config.sst.scales = bad
+    with pytest.raises(ValueError, match='config.sst.scales'):
+      sst_lib.make_sst(config, domains)
+  with config.unlocked():
+    config.sst.scales = ('res2', 'context', 'decoder')
+  assert sst_lib.make_sst(config, domains).scales == ('res2', 'context',
+                                                      'decoder')

@@ -5,7 +5,6 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -287,3 +286,43 @@ def test_final_crop_phase_switches_and_resumes_exactly(tmp_path, monkeypatch):
     config.data.final_crop_steps = 5
   with pytest.raises(ValueError, match='final_crop_steps in'):
     train.validate_config(config)
+
+
+def test_train_step_is_compiled_before_the_first_batch():
+  """The step compiled from the batch spec serves the real batches as is."""
+  config = tiny_config('baseline')
+  domains = train.validate_config(config)
+  names = [d.name for d in domains]
+  model, sst_model = train.build_models(config, domains)
+  tx = optim.make_optimizer(config.optim, config.total_steps)
+  lr_fn = optim.learning_rate_schedule(config.optim, config.total_steps)
+  mesh = parallel.make_mesh(2)
+  repl = parallel.replicated(mesh)
+  state = jax.jit(functools.partial(
+      train.init_train_state, model=model, sst_model=sst_model, tx=tx,
+      image_size=config.data.crop_size), out_shardings=repl)(jax.random.key(0))
+  rng = parallel.constant(lambda: jax.random.key(1), mesh)
+  step = train.jit_train_step(config, model, sst_model, tx, names, lr_fn,
+                              mesh)
+  batch = pipeline.train_dataset(names, config.data, 4, seed=0)[0]
+  spec = pipeline.train_batch_spec(config.data, 4)
+  assert {k: (v.shape, v.dtype) for k, v in batch.items()} == spec
+  train.precompile_train_step(step, state, rng, spec, mesh)
+
+  compiles = []
+  def listener(event, duration, **kwargs):
+    del duration, kwargs
+    # jax.monitoring's events for lowering and for XLA compilation.
+    if event in ('/jax/core/compile/jaxpr_to_mlir_module_duration',
+                 '/jax/core/compile/backend_compile_duration'):
+      compiles.append(event)
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    state, _ = step(state, parallel.shard_batch(batch, mesh), rng)
+    jax.block_until_ready(state)
+    assert not compiles, 'the first real batch compiled the step again'
+    # The listener does see compilations.
+    jax.block_until_ready(jax.jit(lambda x: x * 3 + 1)(np.float32(2)))
+    assert compiles
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)

@@ -32,6 +32,18 @@ def _train_example(record, rng, *, domain, domain_index, cfg):
           'domain': np.int32(domain_index)}
 
 
+def train_batch_spec(data_cfg, batch_size: int) -> dict[str, tuple]:
+  """``(shape, dtype)`` of every array of the batches ``train_dataset`` yields.
+
+  Known before any data is read, so the train step can be compiled while the
+  input pipeline starts (``train.train_and_evaluate``).
+  """
+  s = data_cfg.crop_size
+  return {'image': ((batch_size, s, s, 3), np.dtype(np.float32)),
+          'label': ((batch_size, s, s), np.dtype(np.uint8)),
+          'domain': ((batch_size,), np.dtype(np.int32))}
+
+
 def _stack(examples: Sequence[dict]) -> dict:
   return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
 

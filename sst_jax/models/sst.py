@@ -432,6 +432,10 @@ class SST(nn.Module):
     return total, metrics
 
 
+# The parser features (``aux``) that can serve as MSA scales.
+SCALES = ('res2', 'res5', 'context', 'decoder')
+
+
 def make_sst(config, domains) -> SST | None:
   """The SST module for ``config.sst``, or None when disabled."""
   cfg = config.sst
@@ -443,6 +447,10 @@ def make_sst(config, domains) -> SST | None:
   if cfg.other_prototypes not in ('predicted', 'memory'):
     raise ValueError("config.sst.other_prototypes must be 'predicted' or "
                      f"'memory', got {cfg.other_prototypes!r}")
+  unknown = [s for s in cfg.scales if s not in SCALES]
+  if unknown or not cfg.scales:
+    raise ValueError(f'config.sst.scales must be features of the parser '
+                     f'{SCALES}, got {tuple(cfg.scales)}')
   if cfg.scales[-1] != 'decoder':
     raise ValueError("config.sst.scales must end with 'decoder' (the scale "
                      f'of the logits), got {tuple(cfg.scales)}')
