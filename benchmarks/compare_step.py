@@ -136,4 +136,7 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
+  from sst_jax import host_memory  # pylint: disable=g-import-not-at-top
+  # The allocator setting of training runs (sst_jax/host_memory.py).
+  host_memory.reexec_with_huge_pages()
   main()

@@ -41,6 +41,7 @@ import time
 import jax
 import numpy as np
 
+from sst_jax import host_memory
 from sst_jax import optim
 from sst_jax import parallel
 from sst_jax import steps
@@ -408,4 +409,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
+  # The allocator setting of training runs (sst_jax/host_memory.py).
+  host_memory.reexec_with_huge_pages()
   main()

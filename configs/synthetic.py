@@ -46,7 +46,8 @@ def get_config(arg: str | None = None):
   config.data.scale_range = (0.8, 1.25)
   config.data.eval_input_size = 128
   config.data.eval_label_size = 128
-  config.eval.batch_size = 32
+  # 100 validation images per domain: two full batches, no padding.
+  config.eval.batch_size = 50
   config.sst.dim = 64
   # A third MSA scale, the backbone's stride-4 features (`res2`): the MSE/MST
   # losses then also reach the first stage directly. The two main-job runs

@@ -96,7 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.synthetic_examples = ml_collections.ConfigDict()  # 'dom:split' -> n
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.batch_size = 16
+  c.eval.batch_size = 16      # rounded up to a multiple of the device count
   c.eval.flip = False
   c.eval.scales = (1.0,)
   c.eval.num_vis = 4          # validation images per domain in the PNG grid

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sst_jax import checkpointing
+from sst_jax import metrics as metrics_lib
 from sst_jax import parallel
 from sst_jax import steps
 from sst_jax import visualize
@@ -25,39 +26,56 @@ from sst_jax.data import transforms
 
 
 class Evaluator:
-  """Compiles the evaluation step once per head and scores checkpoints."""
+  """Compiles the evaluation step once for all heads and scores checkpoints.
+
+  The evaluation batch is ``config.eval.batch_size`` rounded up to a multiple
+  of the device count (the last batch of a domain is padded anyway).
+  """
 
   def __init__(self, config, model, mesh, domains):
     self.config, self.model, self.mesh, self.domains = (config, model, mesh,
                                                         domains)
-    self._fns = None
+    n = mesh.devices.size
+    self.batch_size = -(-config.eval.batch_size // n) * n
+    self.num_classes = max(d.num_classes for d in domains)
+    cfg = config.eval
+    names = tuple(d.name for d in domains)
+    flip_perms = ({d.name: d.flip_permutation for d in domains}
+                  if cfg.flip else None)
+    kwargs = dict(model=model, domain_names=names, flip_perms=flip_perms,
+                  scales=tuple(cfg.scales))
+    c_max = self.num_classes
 
-  def _compiled(self):
-    if self._fns is None:
-      cfg = self.config.eval
-      names = tuple(d.name for d in self.domains)
-      flip_perms = ({d.name: d.flip_permutation for d in self.domains}
-                    if cfg.flip else None)
-      c_max = max(d.num_classes for d in self.domains)
-      kwargs = dict(model=self.model, domain_names=names,
-                    flip_perms=flip_perms, scales=tuple(cfg.scales))
-      repl = parallel.replicated(self.mesh)
-      data = parallel.data_sharding(self.mesh)
+    def eval_batch_step(variables, batch, total):
+      confusion, pred = steps.eval_step(variables, batch, num_classes=c_max,
+                                        **kwargs)
+      return total + confusion, pred
 
-      def accumulate(variables, batch, total):
-        return total + steps.eval_step(variables, batch, num_classes=c_max,
-                                       **kwargs)
+    repl = parallel.replicated(mesh)
+    data = parallel.data_sharding(mesh)
+    # One function per batch: the confusion matrix accumulates on device and
+    # the predictions of a domain's first batch feed the picture.
+    self._step = jax.jit(eval_batch_step, in_shardings=(repl, data, repl),
+                         out_shardings=(repl, data), donate_argnums=2)
 
-      def predict(variables, batch):
-        return steps.eval_predictions(variables, batch,
-                                      **kwargs).astype(jnp.uint8)
+  def precompile(self, variables) -> None:
+    """Compiles the step for ``variables`` (arrays or their shapes).
 
-      self._fns = (
-          jax.jit(accumulate, in_shardings=(repl, data, repl),
-                  out_shardings=repl, donate_argnums=2),
-          jax.jit(predict, in_shardings=(repl, data), out_shardings=data),
-          c_max)
-    return self._fns
+    Called ahead of the first evaluation (``train.train_and_evaluate`` does it
+    while the input pipeline starts); the first evaluation then reuses it.
+    """
+    repl = parallel.replicated(self.mesh)
+    data = parallel.data_sharding(self.mesh)
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl,
+                                       weak_type=getattr(x, 'weak_type',
+                                                         False)), variables)
+    spec = pipeline.eval_batch_spec(self.config.data, self.batch_size)
+    batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=data)
+             for k, (shape, dtype) in spec.items()}
+    total = jax.ShapeDtypeStruct((self.num_classes,) * 2, jnp.int32,
+                                 sharding=repl)
+    self._step.lower(abstract, batch, total).compile()
 
   def __call__(self, variables, *, step: int, workdir: str | None = None,
                writer: writers.MetricWriter | None = None,
@@ -67,23 +85,21 @@ class Evaluator:
     Returns:
       ``{domain: scores}`` (see ``metrics.scores``) without the raw arrays.
     """
-    from sst_jax import metrics as metrics_lib
     results, vis_rows, titles = {}, [], []
     t0 = time.perf_counter()
     total_images = 0
-    accumulate, predict, c_max = self._compiled()
+    c_max = self.num_classes
     for k, domain in enumerate(self.domains):
       batches, n = pipeline.eval_batches(
-          domain.name, k, self.config.data, self.config.eval.batch_size,
+          domain.name, k, self.config.data, self.batch_size,
           jax.process_index(), jax.process_count())
       total = parallel.constant(
           lambda: jnp.zeros((c_max, c_max), jnp.int32), self.mesh)
       for i, batch in enumerate(batches):
         device_batch = parallel.shard_batch(batch, self.mesh)
-        total = accumulate(variables, device_batch, total)
+        total, preds = self._step(variables, device_batch, total)
         if i == 0 and self.config.eval.num_vis and workdir:
-          preds = parallel.local_rows(predict(variables, device_batch),
-                                      self.mesh)
+          preds = parallel.local_rows(preds, self.mesh)
           vis_rows += _vis_rows(batch, preds, domain,
                                 self.config.eval.num_vis)
           titles += [domain.name] * min(self.config.eval.num_vis,

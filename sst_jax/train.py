@@ -338,6 +338,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     out = fn(*args)
     return out, time.perf_counter() - t0
 
+  evaluator = evaluate_lib.Evaluator(config, model, mesh, domains)
+  assoc_fn = sst_lib.associations_fn(sst_model) if sst_model else None
+
+  def precompile_evaluation():
+    evaluator.precompile(steps.parser_variables(abstract.params,
+                                                abstract.model_state))
+    if assoc_fn is not None:
+      assoc_fn.lower(abstract.params['sst'],
+                     abstract.model_state['sst_memory']).compile()
+
+  eval_compiled = None
   if sequential:
     data_iter = make_iterator(first_index)
     rng = new_rng()
@@ -350,6 +361,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       if start_step < config.total_steps:
         compiled = pool.submit(timed, precompile_train_step, train_step,
                                abstract, rng, spec, mesh)
+      # The evaluation's compilation, after the step's: it finishes in the
+      # background during the first training steps if the pipeline is faster.
+      # (Two compiling threads beside the pipeline's rendering made the
+      # startup slower on two cores, not faster.)
+      eval_compiled = pool.submit(timed, precompile_evaluation)
       t0 = time.perf_counter()
       data_iter = make_iterator(first_index)
       pipeline_s = time.perf_counter() - t0
@@ -371,14 +387,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     checkpointing.save(manager, step, state, data_iter.get_state(),
                        checkpoint_metadata(config, domains, step), force)
 
-  evaluator = evaluate_lib.Evaluator(config, model, mesh, domains)
-
   def evaluate(step):
+    nonlocal eval_compiled
+    if eval_compiled is not None:
+      # Wait for (and surface any error of) the background compilation
+      # rather than compiling a second time.
+      eval_compiled.result()
+      eval_compiled = None
     variables = steps.parser_variables(state.params, state.model_state)
     extra = None
-    if sst_model is not None:
+    if assoc_fn is not None:
       extra = sst_lib.association_images(
-          sst_model, state.params['sst'], state.model_state['sst_memory'],
+          assoc_fn(state.params['sst'], state.model_state['sst_memory']),
           domains)
     return evaluator(variables, step=step, workdir=workdir, writer=writer,
                      extra_images=extra)

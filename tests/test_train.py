@@ -1,5 +1,6 @@
 """Training: multi-device equivalence, exact resume, checkpoint refusal, outputs."""
 
+import contextlib
 import functools
 import json
 import os
@@ -11,11 +12,30 @@ import pytest
 from configs import tiny
 from sst_jax import checkpointing
 from sst_jax import domains as domains_lib
+from sst_jax import evaluate as evaluate_lib
 from sst_jax import optim
 from sst_jax import parallel
 from sst_jax import steps
 from sst_jax import train
 from sst_jax.data import pipeline
+
+
+@contextlib.contextmanager
+def recorded_compilations():
+  """Yields the list of the functions lowered or compiled meanwhile."""
+  compiles = []
+
+  def listener(event, duration, **kwargs):
+    del duration
+    # jax.monitoring's events for lowering and for XLA compilation.
+    if event in ('/jax/core/compile/jaxpr_to_mlir_module_duration',
+                 '/jax/core/compile/backend_compile_duration'):
+      compiles.append(kwargs.get('fun_name', '?'))
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield compiles
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def tiny_config(arg='baseline', **overrides):
@@ -309,20 +329,35 @@ def test_train_step_is_compiled_before_the_first_batch():
   assert {k: (v.shape, v.dtype) for k, v in batch.items()} == spec
   train.precompile_train_step(step, state, rng, spec, mesh)
 
-  compiles = []
-  def listener(event, duration, **kwargs):
-    del duration, kwargs
-    # jax.monitoring's events for lowering and for XLA compilation.
-    if event in ('/jax/core/compile/jaxpr_to_mlir_module_duration',
-                 '/jax/core/compile/backend_compile_duration'):
-      compiles.append(event)
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
+  with recorded_compilations() as compiles:
     state, _ = step(state, parallel.shard_batch(batch, mesh), rng)
     jax.block_until_ready(state)
     assert not compiles, 'the first real batch compiled the step again'
     # The listener does see compilations.
     jax.block_until_ready(jax.jit(lambda x: x * 3 + 1)(np.float32(2)))
     assert compiles
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def test_evaluation_is_compiled_ahead_and_batch_fits_the_devices():
+  """Evaluator.precompile from shapes serves the first evaluation as is."""
+  config = tiny_config('sst', **{'eval.batch_size': 3})
+  domains = train.validate_config(config)
+  model, sst_model = train.build_models(config, domains)
+  tx = optim.make_optimizer(config.optim, config.total_steps)
+  mesh = parallel.make_mesh(2)
+  state = jax.jit(functools.partial(
+      train.init_train_state, model=model, sst_model=sst_model, tx=tx,
+      image_size=config.data.crop_size),
+                  out_shardings=parallel.replicated(mesh))(jax.random.key(0))
+  variables = steps.parser_variables(state.params, state.model_state)
+  evaluator = evaluate_lib.Evaluator(config, model, mesh, domains)
+  assert evaluator.batch_size == 4  # 3 rounded up to the 2 devices
+  batches, _ = pipeline.eval_batches(domains[1].name, 1, config.data, 4)
+  batch = next(iter(batches))
+  assert ({k: (v.shape, v.dtype) for k, v in batch.items()} ==
+          pipeline.eval_batch_spec(config.data, 4))
+  evaluator.precompile(jax.eval_shape(lambda: variables))
+  with recorded_compilations() as compiles:
+    results = evaluator(variables, step=0)
+  assert sorted(results) == sorted(d.name for d in domains)
+  assert compiles and not [c for c in compiles if 'eval_batch_step' in c]

@@ -105,3 +105,49 @@ def test_flip_tta_swaps_the_right_channels(name):
     wrong = jnp.log((jax.nn.softmax(plain) +
                      jax.nn.softmax(flipped[:, :, ::-1])) / 2)
     assert not np.allclose(got, wrong, atol=1e-3)
+
+
+class StrideFourModel(nn.Module):
+  """A fake parser whose logits, like the real one's, are at stride 4."""
+  num_classes: dict
+
+  @nn.compact
+  def __call__(self, image, train=False, heads=None):
+    x = nn.avg_pool(image, (4, 4), (4, 4))
+    ramp = jnp.linspace(-1, 1, x.shape[2])[None, None, :, None]
+    return {n: nn.Conv(self.num_classes[n], (3, 3), name=f'head_{n}')(x) +
+               ramp * jnp.arange(self.num_classes[n])
+            for n in heads or list(self.num_classes)}, {}
+
+
+def test_label_grid_logits_compose_the_two_resizes_exactly():
+  """One view: the composed [L, h] matrices equal upsample-then-map."""
+  names = ('pascal_person_part', 'lip')
+  model = StrideFourModel({n: domains_lib.get_domain(n).num_classes
+                           for n in names})
+  rng = np.random.default_rng(5)
+  # Originals smaller and larger than the 32x32 input, non-square, padded
+  # into a 56x56 label grid: the resize matrices are far from the identity.
+  records = [_record(rng, 37, 50), _record(rng, 50, 29), _record(rng, 20, 24)]
+  examples = [transforms.eval_transform(r, 32, 56) for r in records]
+  batch = {k: jnp.asarray(np.stack([e[k] for e in examples]))
+           for k in examples[0]}
+  batch['domain'] = jnp.asarray([0, 1, 1], jnp.int32)
+  variables = model.init(jax.random.key(0), batch['image'])
+  got = steps.label_grid_logits(variables, batch, model=model,
+                                domain_names=names)
+  logits = steps.predict_logits(variables, batch['image'], model=model,
+                                heads=names)
+  assert logits['lip'].shape[1:3] == (32, 32)
+  own = steps.own_domain_logits(logits, batch['domain'], names)
+  want = jnp.einsum('bmw,blwc->blmc', batch['resize_w'],
+                    jnp.einsum('blh,bhwc->blwc', batch['resize_h'], own))
+  assert got.shape == (3, 56, 56, 20)
+  # Sample 0 is PASCAL (7 classes): its padding channels stay out of argmax.
+  assert (got[0, :37, :50, 7:] < -1e8).all()
+  valid = np.asarray(want) > -1e8
+  np.testing.assert_allclose(np.asarray(got)[valid], np.asarray(want)[valid],
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(
+      steps.eval_predictions(variables, batch, model=model,
+                             domain_names=names), jnp.argmax(want, -1))

@@ -44,6 +44,18 @@ def train_batch_spec(data_cfg, batch_size: int) -> dict[str, tuple]:
           'domain': ((batch_size,), np.dtype(np.int32))}
 
 
+def eval_batch_spec(data_cfg, batch_size: int) -> dict[str, tuple]:
+  """``(shape, dtype)`` of every array of ``eval_batches``' batches."""
+  s, l = data_cfg.eval_input_size, data_cfg.eval_label_size
+  f32 = np.dtype(np.float32)
+  return {'image': ((batch_size, s, s, 3), f32),
+          'label': ((batch_size, l, l), np.dtype(np.uint8)),
+          'resize_h': ((batch_size, l, s), f32),
+          'resize_w': ((batch_size, l, s), f32),
+          'domain': ((batch_size,), np.dtype(np.int32)),
+          'valid': ((batch_size,), np.dtype(np.bool_))}
+
+
 def _stack(examples: Sequence[dict]) -> dict:
   return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
 

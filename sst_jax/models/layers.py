@@ -12,9 +12,13 @@ import numpy as np
 
 
 @functools.lru_cache(maxsize=256)
-def _interp_matrix(out_size: int, in_size: int,
-                   align_corners: bool) -> np.ndarray:
-  """``[out, in]`` linear-interpolation weights (PyTorch conventions)."""
+def interp_matrix(out_size: int, in_size: int,
+                  align_corners: bool) -> np.ndarray:
+  """``[out, in]`` linear-interpolation weights (PyTorch conventions).
+
+  ``resize_bilinear`` along one axis is this matrix applied to that axis
+  (cached: do not modify the returned array).
+  """
   m = np.zeros((out_size, in_size), np.float32)
   if in_size == 1:
     m[:, 0] = 1.0
@@ -78,8 +82,8 @@ def resize_bilinear(x: jnp.ndarray, size: tuple[int, int],
       size[0] > h and size[1] > w):
     x = _upsample_axis(x, 1, size[0] // h)
     return _upsample_axis(x, 2, size[1] // w)
-  mh = jnp.asarray(_interp_matrix(size[0], h, align_corners), x.dtype)
-  mw = jnp.asarray(_interp_matrix(size[1], w, align_corners), x.dtype)
+  mh = jnp.asarray(interp_matrix(size[0], h, align_corners), x.dtype)
+  mw = jnp.asarray(interp_matrix(size[1], w, align_corners), x.dtype)
   x = jnp.einsum('oh,nhwc->nowc', mh, x)
   return jnp.einsum('pw,nowc->nopc', mw, x)
 
@@ -302,7 +306,7 @@ def _shifted_interp_matrices(out_size: int, in_size: int, taps: int,
                              align_corners: bool) -> np.ndarray:
   """``[taps, out, in]``: row ``o`` of tap ``i`` interpolates the upsampled
   pixel ``o + i * dilation - padding`` (zero outside the map)."""
-  m = _interp_matrix(out_size, in_size, align_corners)
+  m = interp_matrix(out_size, in_size, align_corners)
   a = np.zeros((taps, out_size, in_size), np.float32)
   for i in range(taps):
     src = np.arange(out_size) + i * dilation - padding

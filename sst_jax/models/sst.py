@@ -469,14 +469,22 @@ def make_sst(config, domains) -> SST | None:
       kd_temperature=cfg.kd_temperature, target=target)
 
 
-def association_images(sst_model: SST, sst_params, sst_memory, domains):
-  """Heat maps of the learned cross-domain associations, as RGB images."""
-  from sst_jax import heatmaps  # Host-side drawing, only when asked for.
+def associations_fn(sst_model: SST):
+  """Jitted ``(sst_params, sst_memory) -> {(k, j): [C_k, C_j]}``, or None.
+
+  The learned cross-domain associations (``SST.associations``); None when
+  the model has no MST branch.
+  """
   if not sst_model.use_mst:
-    return {}
-  assoc = jax.device_get(sst_model.apply(
-      {'params': sst_params, 'sst_memory': sst_memory},
-      method=SST.associations))
+    return None
+  return jax.jit(lambda params, memory: sst_model.apply(
+      {'params': params, 'sst_memory': memory}, method=SST.associations))
+
+
+def association_images(associations: dict, domains) -> dict:
+  """Heat maps of ``associations_fn``'s matrices, as one RGB image."""
+  from sst_jax import heatmaps  # Host-side drawing, only when asked for.
+  assoc = jax.device_get(associations)
   by_name = {d.name: d for d in domains}
   panels = []
   for (k, j), matrix in sorted(assoc.items()):
