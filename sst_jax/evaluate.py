@@ -66,10 +66,7 @@ class Evaluator:
     """
     repl = parallel.replicated(self.mesh)
     data = parallel.data_sharding(self.mesh)
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl,
-                                       weak_type=getattr(x, 'weak_type',
-                                                         False)), variables)
+    abstract = parallel.shapes_like(variables, repl)
     spec = pipeline.eval_batch_spec(self.config.data, self.batch_size)
     batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=data)
              for k, (shape, dtype) in spec.items()}

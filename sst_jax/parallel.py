@@ -32,6 +32,18 @@ def data_sharding(mesh) -> NamedSharding:
   return NamedSharding(mesh, P('data'))
 
 
+def shapes_like(tree, sharding):
+  """``jax.ShapeDtypeStruct`` of every leaf of ``tree`` (arrays or shapes).
+
+  For ``jit(...).lower``: shape, dtype and weak type of each leaf, placed with
+  ``sharding``.
+  """
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding,
+                                     weak_type=getattr(x, 'weak_type', False)),
+      tree)
+
+
 def local_batch_size(global_batch: int, mesh) -> int:
   """Per-process batch size; the global batch must split over devices."""
   n = mesh.devices.size

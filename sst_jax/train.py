@@ -199,13 +199,11 @@ def precompile_train_step(train_step, state, rng, batch_spec: dict, mesh):
   of the global batch. jit reuses the executable when the real batches come
   (same shapes, dtypes and shardings), so the first step does not compile.
   """
-  repl, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
-  abstract_state = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl,
-                                     weak_type=x.weak_type), state)
+  data = parallel.data_sharding(mesh)
   batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=data)
            for k, (shape, dtype) in batch_spec.items()}
-  return train_step.lower(abstract_state, batch, rng).compile()
+  return train_step.lower(parallel.shapes_like(state, parallel.replicated(mesh)),
+                          batch, rng).compile()
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
@@ -235,10 +233,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   init_fn = functools.partial(init_train_state, model=model,
                               sst_model=sst_model, tx=tx,
                               image_size=config.data.crop_size)
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl,
-                                     weak_type=x.weak_type),
-      jax.eval_shape(init_fn, jax.random.key(config.seed)))
+  abstract = parallel.shapes_like(
+      jax.eval_shape(init_fn, jax.random.key(config.seed)), repl)
 
   # Several processes must launch their computations in the same order, which
   # a background thread would not guarantee: with several, everything below
@@ -323,9 +319,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   train_step = jit_train_step(config, model, sst_model, tx, domain_names,
                               lr_fn, mesh)
 
-  def new_rng():
-    return parallel.constant(lambda: jax.random.key(config.seed + 1), mesh)
-
   # XLA compiles the initialization and the step (in C++, without the GIL)
   # while the input pipeline starts up (renders or reads its cache): on a CPU
   # each takes tens of seconds, and the first step then finds all of it done.
@@ -349,11 +342,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
                      abstract.model_state['sst_memory']).compile()
 
   eval_compiled = None
+  rng = parallel.constant(lambda: jax.random.key(config.seed + 1), mesh)
   if sequential:
     data_iter = make_iterator(first_index)
-    rng = new_rng()
   else:
-    rng = new_rng()
     pool = futures.ThreadPoolExecutor(1, thread_name_prefix='compile')
     try:
       fresh = pool.submit(timed, initialize) if state is None else None

@@ -50,6 +50,18 @@ def tiny_config(arg='baseline', **overrides):
   return config
 
 
+def replicated_setup(config, mesh):
+  """Domains, models, optimizer and a jit-initialized state replicated on mesh."""
+  domains = train.validate_config(config)
+  model, sst_model = train.build_models(config, domains)
+  tx = optim.make_optimizer(config.optim, config.total_steps)
+  state = jax.jit(functools.partial(
+      train.init_train_state, model=model, sst_model=sst_model, tx=tx,
+      image_size=config.data.crop_size),
+                  out_shardings=parallel.replicated(mesh))(jax.random.key(0))
+  return domains, model, sst_model, tx, state
+
+
 def load_state(workdir, step=None):
   manager = checkpointing.make_manager(workdir, async_save=False)
   step = manager.latest_step() if step is None else step
@@ -311,16 +323,10 @@ def test_final_crop_phase_switches_and_resumes_exactly(tmp_path, monkeypatch):
 def test_train_step_is_compiled_before_the_first_batch():
   """The step compiled from the batch spec serves the real batches as is."""
   config = tiny_config('baseline')
-  domains = train.validate_config(config)
-  names = [d.name for d in domains]
-  model, sst_model = train.build_models(config, domains)
-  tx = optim.make_optimizer(config.optim, config.total_steps)
-  lr_fn = optim.learning_rate_schedule(config.optim, config.total_steps)
   mesh = parallel.make_mesh(2)
-  repl = parallel.replicated(mesh)
-  state = jax.jit(functools.partial(
-      train.init_train_state, model=model, sst_model=sst_model, tx=tx,
-      image_size=config.data.crop_size), out_shardings=repl)(jax.random.key(0))
+  domains, model, sst_model, tx, state = replicated_setup(config, mesh)
+  names = [d.name for d in domains]
+  lr_fn = optim.learning_rate_schedule(config.optim, config.total_steps)
   rng = parallel.constant(lambda: jax.random.key(1), mesh)
   step = train.jit_train_step(config, model, sst_model, tx, names, lr_fn,
                               mesh)
@@ -341,14 +347,8 @@ def test_train_step_is_compiled_before_the_first_batch():
 def test_evaluation_is_compiled_ahead_and_batch_fits_the_devices():
   """Evaluator.precompile from shapes serves the first evaluation as is."""
   config = tiny_config('sst', **{'eval.batch_size': 3})
-  domains = train.validate_config(config)
-  model, sst_model = train.build_models(config, domains)
-  tx = optim.make_optimizer(config.optim, config.total_steps)
   mesh = parallel.make_mesh(2)
-  state = jax.jit(functools.partial(
-      train.init_train_state, model=model, sst_model=sst_model, tx=tx,
-      image_size=config.data.crop_size),
-                  out_shardings=parallel.replicated(mesh))(jax.random.key(0))
+  domains, model, _, _, state = replicated_setup(config, mesh)
   variables = steps.parser_variables(state.params, state.model_state)
   evaluator = evaluate_lib.Evaluator(config, model, mesh, domains)
   assert evaluator.batch_size == 4  # 3 rounded up to the 2 devices
