@@ -124,7 +124,7 @@ def main(argv=None) -> None:
 
   what = 'inference forward' if args.forward else 'train step'
   print(f'# {what}, {args.preset} {args.variant}, '
-        f'{args.resolution}x{args.resolution}, '
+        f'{bench.crop_text(args)}, '
         f'batch {args.batch}, {args.optimizer}; median of '
         f'{args.rounds * args.per_round} steps, interleaved in '
         f'{args.rounds} rounds')

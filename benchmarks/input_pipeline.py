@@ -102,12 +102,13 @@ def images_per_second(data_dir, num_threads: int,
 def profile(data_dir, num_examples: int = 40):
   """CPU milliseconds per example of each stage of the training transform."""
   from sst_jax import domains
+  from sst_jax.data import pipeline
   from sst_jax.data import sources
   from sst_jax.data import transforms
   config, data_cfg = data_config(data_dir, 1)
   source = sources.make_source('cihp', 'train', data_cfg)
   domain = domains.get_domain('cihp')
-  crop = (data_cfg.crop_size,) * 2
+  crop = pipeline.crop_hw(data_cfg)
   times = dict.fromkeys(['decode', 'scale+rotate+crop', 'flip', 'jitter',
                          'normalize', 'train_transform'], 0.0)
   clock = time.thread_time  # CPU time of this thread: robust to other load.

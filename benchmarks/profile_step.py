@@ -140,8 +140,8 @@ def main(argv=None) -> None:
     by_kind[kind] += ms
     rows.append((ms, kind, shape, layer))
   total = sum(by_kind.values())
-  print(f'# {args.preset} {args.variant} {args.mode}, {args.resolution}x'
-        f'{args.resolution}, batch {args.batch}, conv_kernel_grad='
+  print(f'# {args.preset} {args.variant} {args.mode}, {bench.crop_text(args)}'
+        f', batch {args.batch}, conv_kernel_grad='
         f'{args.conv_kernel_grad}: step {step_s * 1e3:.1f} ms wall, '
         f'{total:.1f} ms summed over {len(op_time)} ops')
   print(f'{"kind":34s} {"ms":>9s} {"share":>6s}')

@@ -18,11 +18,11 @@ def get_config(arg: str | None = None):
   config = config_lib.base_config()
   config.domains = ['synthetic_pascal', 'synthetic_atr', 'synthetic_cihp',
                     'synthetic_lip']
-  config.total_steps = 2800
+  config.total_steps = 2500
   config.batch_size = 16
   config.log_every = 25
-  config.eval_every = 1400
-  config.checkpoint_every = 700
+  config.eval_every = 1250
+  config.checkpoint_every = 625
 
   config.model.backbone = 'resnet18'
   config.model.width = 24
@@ -39,10 +39,15 @@ def get_config(arg: str | None = None):
 
   config.data.synthetic_size = 128
   config.data.cache = True
-  # Train on 80x80 crops of the 128x128 images (objects keep their size):
-  # 2.5x more steps in the same time than full images; evaluation is on the
-  # full 128x128 images.
-  config.data.crop_size = 80
+  # Train on 112x64 (height x width) crops of the 128x128 images (objects
+  # keep their size; evaluation is on the full images). People are upright:
+  # a tall crop more often holds a head together with the body below it, for
+  # 1.12x the pixels of an 80x80 crop (2.3x fewer than a full image). Against
+  # 80x80 crops for the same time (2800 steps), two seeds ended 0.012-0.027
+  # higher on every domain; hat, hair and sunglasses gained most
+  # (docs/results.md).
+  config.data.crop_size = 112
+  config.data.crop_width = 64
   config.data.scale_range = (0.8, 1.25)
   config.data.eval_input_size = 128
   config.data.eval_label_size = 128

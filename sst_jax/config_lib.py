@@ -64,6 +64,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.warmup_steps = 0
   c.optim.warmup_init_factor = 0.1
   c.optim.grad_clip_norm = 0.0
+  # Optional restart: the last `restart_steps` steps warm up again (linearly
+  # from 0 over `restart_warmup_steps`) to `restart_lr`, then decay (cosine)
+  # to 0, e.g. over a final phase of larger crops (data.final_crop_steps).
+  c.optim.restart_steps = 0
+  c.optim.restart_lr = 0.0
+  c.optim.restart_warmup_steps = 0
 
   c.loss = ml_collections.ConfigDict()
   c.loss.edge_weight = 1.0    # used when model.edge
@@ -77,8 +83,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.mix = ml_collections.ConfigDict()  # domain -> sampling weight (1.0)
   c.data.batching = 'mixed'   # 'mixed' | 'per_domain'
   c.data.crop_size = 473
+  c.data.crop_width = 0       # 0: square crops; else crop_size x crop_width
   c.data.scale_range = (0.75, 1.25)
-  # Optional last phase: the final `final_crop_steps` steps train on
+  # Optional last phase: the final `final_crop_steps` steps train on square
   # `final_crop_size` crops (0: off), e.g. whole images after small crops.
   c.data.final_crop_size = 0
   c.data.final_crop_steps = 0

@@ -7,7 +7,35 @@ import optax
 
 
 def learning_rate_schedule(cfg, total_steps: int) -> optax.Schedule:
-  """Linear warmup, then ``poly`` (power ``cfg.poly_power``) or ``cosine``."""
+  """Linear warmup, then ``poly`` (power ``cfg.poly_power``) or ``cosine``.
+
+  With ``cfg.restart_steps = R > 0`` that schedule covers the first
+  ``total_steps - R`` steps and the last ``R`` restart it: a linear warm-up
+  from 0 to ``cfg.restart_lr`` over ``cfg.restart_warmup_steps``, then a
+  cosine decay to 0 (e.g. a final phase on larger crops, see
+  ``config.data.final_crop_steps``).
+  """
+  restart = int(cfg.get('restart_steps', 0))
+  if not 0 <= restart < total_steps:
+    raise ValueError(f'optim.restart_steps must be in [0, total_steps='
+                     f'{total_steps}), got {restart}')
+  main = _base_schedule(cfg, total_steps - restart)
+  if not restart:
+    return main
+  warmup = int(cfg.get('restart_warmup_steps', 0))
+  if not 0 <= warmup < restart or cfg.get('restart_lr', 0.0) <= 0:
+    raise ValueError(
+        'optim.restart_lr must be > 0 and optim.restart_warmup_steps in '
+        f'[0, restart_steps={restart}); got {cfg.get("restart_lr", 0.0)} and '
+        f'{warmup}')
+  decay = optax.cosine_decay_schedule(cfg.restart_lr, restart - warmup)
+  if warmup:
+    decay = optax.join_schedules(
+        [optax.linear_schedule(0.0, cfg.restart_lr, warmup), decay], [warmup])
+  return optax.join_schedules([main, decay], [total_steps - restart])
+
+
+def _base_schedule(cfg, total_steps: int) -> optax.Schedule:
   warmup = int(cfg.warmup_steps)
   decay_steps = max(total_steps - warmup, 1)
   if cfg.schedule == 'poly':

@@ -49,6 +49,11 @@ def validate_config(config) -> tuple[domains_lib.Domain, ...]:
                      f'{config.mode!r}')
   layers.resolve_kernel_grad(config.model.get('conv_kernel_grad', 'auto'))
   layers.residual_relu(config.model.get('residual_relu', 'select'))
+  if config.data.crop_size <= 0 or config.data.get('crop_width', 0) < 0:
+    raise ValueError('config.data.crop_size must be > 0 and '
+                     'config.data.crop_width >= 0 (0: square), got '
+                     f'{config.data.crop_size} and '
+                     f'{config.data.get("crop_width", 0)}')
   final_size = config.data.get('final_crop_size', 0)
   final_steps = config.data.get('final_crop_steps', 0)
   if final_size < 0 or (final_size and not 0 < final_steps <=
@@ -232,7 +237,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   repl = parallel.replicated(mesh)
   init_fn = functools.partial(init_train_state, model=model,
                               sst_model=sst_model, tx=tx,
-                              image_size=config.data.crop_size)
+                              image_size=min(pipeline.crop_hw(config.data)))
   abstract = parallel.shapes_like(
       jax.eval_shape(init_fn, jax.random.key(config.seed)), repl)
 
@@ -301,6 +306,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       data_cfg.mix = mix
       if first_index >= switch:
         data_cfg.crop_size = config.data.final_crop_size
+        data_cfg.crop_width = 0  # square
     return data_cfg
 
   def make_iterator(first_index):
@@ -308,8 +314,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     data_cfg = phase_data_config(first_index)
     if first_index >= switch:
       writers.echo(f'steps {first_index + 1}-{config.total_steps}: '
-                   f'{data_cfg.crop_size}x{data_cfg.crop_size} crops '
-                   '(compiling)')
+                   '{}x{} crops'.format(*pipeline.crop_hw(data_cfg)))
     dataset = pipeline.train_dataset(
         domain_names, data_cfg, global_batch, config.seed,
         jax.process_index(), jax.process_count(),
@@ -341,7 +346,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       assoc_fn.lower(abstract.params['sst'],
                      abstract.model_state['sst_memory']).compile()
 
-  eval_compiled = None
+  eval_compiled = final_compiled = None
   rng = parallel.constant(lambda: jax.random.key(config.seed + 1), mesh)
   if sequential:
     data_iter = make_iterator(first_index)
@@ -358,6 +363,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       # (Two compiling threads beside the pipeline's rendering made the
       # startup slower on two cores, not faster.)
       eval_compiled = pool.submit(timed, precompile_evaluation)
+      if first_index < switch < config.total_steps:
+        # The final phase's step (larger crops), compiled during training.
+        final_compiled = pool.submit(
+            precompile_train_step, train_step, abstract, rng,
+            pipeline.train_batch_spec(phase_data_config(switch),
+                                      global_batch), mesh)
       t0 = time.perf_counter()
       data_iter = make_iterator(first_index)
       pipeline_s = time.perf_counter() - t0
@@ -405,6 +416,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   t_start = time.perf_counter()
   while step < config.total_steps:
     if step == switch and step != start_step:
+      if final_compiled is not None:
+        final_compiled.result()  # rather than compiling it a second time
       data_iter = make_iterator(step)
     batch = parallel.shard_batch(next(data_iter), mesh)
     state, metrics = train_step(state, batch, rng)

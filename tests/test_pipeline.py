@@ -117,6 +117,16 @@ def test_labels_exact_value_set_without_index_pixel(fake_sources, monkeypatch):
   assert {0, 2} <= values
 
 
+def test_rectangular_crops_match_the_batch_spec(fake_sources):
+  cfg = data_config(crop_size=24, crop_width=16)
+  assert pipeline.crop_hw(cfg) == (24, 16)
+  assert pipeline.crop_hw(data_config(crop_size=24)) == (24, 24)
+  batch = pipeline.train_dataset(NAMES, cfg, 4, seed=0)[0]
+  assert batch['image'].shape == (4, 24, 16, 3)
+  assert ({k: (v.shape, v.dtype) for k, v in batch.items()} ==
+          pipeline.train_batch_spec(cfg, 4))
+
+
 def test_same_seed_same_batches_other_seed_differs(fake_sources):
   cfg = data_config()
   a = batches(pipeline.train_dataset(NAMES, cfg, 8, seed=0), 3)

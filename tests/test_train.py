@@ -4,6 +4,7 @@ import contextlib
 import functools
 import json
 import os
+import threading
 
 import jax
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 
 from configs import tiny
 from sst_jax import checkpointing
+from sst_jax import config_lib
 from sst_jax import domains as domains_lib
 from sst_jax import evaluate as evaluate_lib
 from sst_jax import optim
@@ -22,7 +24,7 @@ from sst_jax.data import pipeline
 
 @contextlib.contextmanager
 def recorded_compilations():
-  """Yields the list of the functions lowered or compiled meanwhile."""
+  """Yields the functions lowered or compiled meanwhile, as 'name [thread]'."""
   compiles = []
 
   def listener(event, duration, **kwargs):
@@ -30,7 +32,8 @@ def recorded_compilations():
     # jax.monitoring's events for lowering and for XLA compilation.
     if event in ('/jax/core/compile/jaxpr_to_mlir_module_duration',
                  '/jax/core/compile/backend_compile_duration'):
-      compiles.append(kwargs.get('fun_name', '?'))
+      compiles.append(f"{kwargs.get('fun_name', '?')} "
+                      f'[{threading.current_thread().name}]')
   jax.monitoring.register_event_duration_secs_listener(listener)
   try:
     yield compiles
@@ -296,8 +299,14 @@ def test_final_crop_phase_switches_and_resumes_exactly(tmp_path, monkeypatch):
 
   full = str(tmp_path / 'full')
   monkeypatch.setattr(pipeline, 'train_iterator', recording())
-  train.train_and_evaluate(config, full)
+  with recorded_compilations() as compiles:
+    train.train_and_evaluate(config, full)
   assert served == [32, 32, 24, 24]
+  # Both phases' steps were compiled ahead, in the background thread, and
+  # the switch found the second one ready instead of compiling it again.
+  step_compiles = [c for c in compiles if c.startswith('jit(train_step) ')]
+  assert len(step_compiles) == 4, compiles  # lowering + XLA, per phase
+  assert all('[compile' in c for c in step_compiles), step_compiles
 
   # Interrupted after the first step of the final phase, then resumed from the
   # checkpoint at the switch: the same parameters as the uninterrupted run.
@@ -318,6 +327,35 @@ def test_final_crop_phase_switches_and_resumes_exactly(tmp_path, monkeypatch):
     config.data.final_crop_steps = 5
   with pytest.raises(ValueError, match='final_crop_steps in'):
     train.validate_config(config)
+  with config.unlocked():
+    config.data.final_crop_steps = 2
+    config.data.crop_width = -8
+  with pytest.raises(ValueError, match='crop_width >= 0'):
+    train.validate_config(config)
+
+
+def test_learning_rate_restart():
+  """optim.restart_*: the base schedule, then warm-up to restart_lr, decay."""
+  cfg = config_lib.base_config().optim
+  cfg.update(schedule='cosine', lr=1e-2, warmup_steps=5, restart_steps=10,
+             restart_lr=2e-3, restart_warmup_steps=4)
+  lr = optim.learning_rate_schedule(cfg, 30)
+  plain = cfg.copy_and_resolve_references()
+  plain.restart_steps = 0
+  base = optim.learning_rate_schedule(plain, 20)
+  np.testing.assert_allclose([lr(s) for s in range(20)],
+                             [base(s) for s in range(20)], rtol=1e-6)
+  assert float(lr(19)) < 2e-4  # the base schedule has decayed by then
+  np.testing.assert_allclose([lr(s) for s in (20, 22, 24, 30)],
+                             [0.0, 1e-3, 2e-3, 0.0], atol=1e-9)
+  tail = np.array([lr(s) for s in range(24, 31)])
+  assert np.all(np.diff(tail) < 0)
+  for key, value in (('restart_steps', 30), ('restart_lr', 0.0),
+                     ('restart_warmup_steps', 10)):
+    bad = cfg.copy_and_resolve_references()
+    bad[key] = value
+    with pytest.raises(ValueError, match='optim.restart_'):
+      optim.learning_rate_schedule(bad, 30)
 
 
 def test_train_step_is_compiled_before_the_first_batch():

@@ -24,9 +24,17 @@ from sst_jax.data import sources as sources_lib
 from sst_jax.data import transforms
 
 
+def crop_hw(data_cfg) -> tuple[int, int]:
+  """``(height, width)`` of the training crops: ``data.crop_size`` by
+  ``data.crop_width`` (0: square)."""
+  h = int(data_cfg.crop_size)
+  w = int(data_cfg.get('crop_width', 0)) or h
+  return h, w
+
+
 def _train_example(record, rng, *, domain, domain_index, cfg):
   image, label = transforms.train_transform(
-      record, rng, domain, (cfg.crop_size, cfg.crop_size),
+      record, rng, domain, crop_hw(cfg),
       tuple(cfg.scale_range), cfg.rotation, cfg.flip, cfg.color_jitter)
   return {'image': image, 'label': label,
           'domain': np.int32(domain_index)}
@@ -38,9 +46,9 @@ def train_batch_spec(data_cfg, batch_size: int) -> dict[str, tuple]:
   Known before any data is read, so the train step can be compiled while the
   input pipeline starts (``train.train_and_evaluate``).
   """
-  s = data_cfg.crop_size
-  return {'image': ((batch_size, s, s, 3), np.dtype(np.float32)),
-          'label': ((batch_size, s, s), np.dtype(np.uint8)),
+  h, w = crop_hw(data_cfg)
+  return {'image': ((batch_size, h, w, 3), np.dtype(np.float32)),
+          'label': ((batch_size, h, w), np.dtype(np.uint8)),
           'domain': ((batch_size,), np.dtype(np.int32))}
 
 
