@@ -54,6 +54,61 @@ def test_absent_classes_get_zero_attention():
   assert (attn[2] == 0).all() and np.isfinite(np.asarray(out)).all()
 
 
+def test_query_folded_attention_is_class_attention():
+  # Same parameter tree and initial values as ClassAttention, and the same
+  # outputs and gradients, including rows whose keys are all masked.
+  q = jax.random.normal(jax.random.key(0), (3, 40, 8))
+  k = jax.random.normal(jax.random.key(1), (3, 6, 8))
+  mask = jnp.array([[1, 0, 1, 1, 0, 1], [0, 0, 0, 0, 0, 1],
+                    [0, 0, 0, 0, 0, 0]], bool)
+  plain, folded = sst_lib.ClassAttention(8), sst_lib.QueryFoldedAttention(8)
+  params = plain.init(jax.random.key(2), q, k, mask)
+  folded_params = folded.init(jax.random.key(2), q, k, mask)
+  assert jax.tree.structure(params) == jax.tree.structure(folded_params)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(folded_params)):
+    np.testing.assert_array_equal(a, b)
+  # Non-zero biases, so the folded bias terms are exercised.
+  params = jax.tree.map(
+      lambda x: x + 0.1 * jax.random.normal(jax.random.key(3), x.shape),
+      params)
+
+  def outputs(p, q):
+    return plain.apply(p, q, k, mask)[0], folded.apply(p, q, k, mask)
+  want, got = outputs(params, q)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got[2], jnp.broadcast_to(
+      params['params']['out']['bias'], got[2].shape), rtol=1e-6)
+  grads = [jax.grad(lambda p, q, i=i: jnp.sum(jnp.sin(outputs(p, q)[i])),
+                    argnums=(0, 1))(params, q) for i in (0, 1)]
+  for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_own_classifier_is_every_head_then_the_own_pick():
+  module = sst_lib.SST(domain_names=('a', 'b', 'c'), num_classes=(3, 7, 5),
+                       dim=8)
+  x = jax.random.normal(jax.random.key(0), (4, 5, 6, 8))
+  domain = jnp.asarray([1, 0, 2, 1])
+
+  def own(module, x, domain):
+    kernel, bias = module._own_classifier(module.mse_cls, domain)
+    return jnp.einsum('bhwd,bdc->bhwc', x, kernel) + bias[:, None, None, :]
+  variables = module.init(jax.random.key(1), x, domain, method=own)
+  params = variables['params']
+  # Non-zero biases, so a wrong bias pick shows.
+  params = jax.tree.map(
+      lambda v: v + jax.random.normal(jax.random.key(2), v.shape), params)
+  got = np.asarray(module.apply(dict(variables, params=params), x, domain,
+                                method=own))
+  assert got.shape == (4, 5, 6, 7)
+  for b, k in enumerate(np.asarray(domain)):
+    dense = params[f'mse_cls_{"abc"[k]}']
+    want = np.asarray(x[b] @ dense['kernel'] + dense['bias'])
+    c = module.num_classes[k]
+    np.testing.assert_allclose(got[b, ..., :c], want, rtol=1e-5, atol=1e-5)
+    assert (got[b, ..., c:] == sst_lib.NEG_INF).all()
+
+
 def test_cooccurrence_prior_rows():
   masks = np.zeros((1, 6, 6, 3), np.float32)
   masks[0, :, :3, 0] = 1

@@ -81,6 +81,25 @@ def assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
                                atol=atol, err_msg=jax.tree_util.keystr(path))
 
 
+def test_cheaply_compiled_initialization_is_bitwise_the_default():
+  config = tiny_config('sst')
+  domains = train.validate_config(config)
+  model, sst_model = train.build_models(config, domains)
+  tx = optim.make_optimizer(config.optim, config.total_steps)
+  init_fn = functools.partial(
+      train.init_train_state, model=model, sst_model=sst_model, tx=tx,
+      image_size=config.data.crop_size)
+  repl = parallel.replicated(parallel.make_mesh(1))
+  rng = jax.random.key(3)
+  want = jax.jit(init_fn, out_shardings=repl)(rng)
+  got = train.run_init(init_fn, repl, rng)
+  paths = jax.tree_util.tree_leaves_with_path(want)
+  assert len(paths) == len(jax.tree.leaves(got)) > 10
+  for (path, a), b in zip(paths, jax.tree.leaves(got)):
+    np.testing.assert_array_equal(np.asarray(b), np.asarray(a),
+                                  err_msg=jax.tree_util.keystr(path))
+
+
 def test_train_step_8_devices_equals_1_device():
   config = tiny_config('sst')
   domains = train.validate_config(config)

@@ -125,14 +125,65 @@ class ClassAttention(nn.Module):
     return out, attn, logits
 
 
+class DenseParams(nn.Module):
+  """The kernel and bias of an ``nn.Dense``, returned instead of applied.
+
+  Same parameter names, shapes and initializers as ``nn.Dense(features)``, so
+  a module that folds a projection into other products keeps the parameter
+  tree (and the initial values) of the plain layer.
+  """
+  features: int
+
+  @nn.compact
+  def __call__(self, in_features: int):
+    kernel = self.param('kernel', nn.initializers.lecun_normal(),
+                        (in_features, self.features))
+    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
+    return kernel, bias
+
+
+class QueryFoldedAttention(nn.Module):
+  """``ClassAttention`` for many queries and few keys, same parameters.
+
+  The query projection is folded into the keys and the output projection
+  into the values (matrix products are associative):
+
+    logits = (X Wq + bq) K^T / sqrt(D) = X (Wq K^T / sqrt(D)) + bq K^T / sqrt(D)
+    out    = (A V) Wo + bo             = A (V Wo) + bo
+
+  so each query costs two ``D x C`` products instead of two ``D x D`` and two
+  ``D x C`` ones (C: keys, a domain's classes; D: the prototype width). With
+  every key masked, ``A = 0`` and the output is ``bo`` in both forms.
+  """
+  dim: int
+
+  @nn.compact
+  def __call__(self, queries, keys, key_mask):
+    wq, bq = DenseParams(self.dim, name='query')(queries.shape[-1])
+    k = nn.Dense(self.dim, name='key')(keys)                     # [..., C, D]
+    v = nn.Dense(self.dim, name='value')(keys)
+    wo, bo = DenseParams(self.dim, name='out')(self.dim)
+    scale = 1.0 / math.sqrt(self.dim)
+    g = jnp.einsum('id,...kd->...ik', wq, k) * scale             # [..., I, C]
+    g0 = jnp.einsum('d,...kd->...k', bq, k) * scale              # [..., C]
+    logits = jnp.einsum('...qi,...ik->...qk', queries, g) + g0[..., None, :]
+    attn = masked_softmax(logits, key_mask[..., None, :])
+    return jnp.einsum('...qk,...kd->...qd', attn, v @ wo) + bo
+
+
 class PixelAttention(nn.Module):
-  """Pixel re-projection: ``X' = X + Attn(X, prototypes)`` over present ones."""
+  """Pixel re-projection: ``X' = X + Attn(X, prototypes)`` over present ones.
+
+  The attention is ``ClassAttention``'s (same parameters, ``attn/...``)
+  computed as ``QueryFoldedAttention``: a stride-4 map has hundreds of
+  pixels per image and a domain at most 20 classes.
+  """
   dim: int
 
   @nn.compact
   def __call__(self, pixels, prototypes, present):
     b, h, w, d = pixels.shape
-    out, _, _ = ClassAttention(self.dim, name='attn')(
+    out = QueryFoldedAttention(self.dim, name='attn')(
         pixels.reshape(b, h * w, d), prototypes, present)
     return nn.LayerNorm(name='norm')(pixels + out.reshape(b, h, w, d))
 
@@ -215,12 +266,12 @@ class SST(nn.Module):
       self.mse_attn = ClassAttention(d, project_values=False)
       self.prior_scale = self.param('prior_scale', nn.initializers.ones, ())
       self.mse_pixels = PixelAttention(d)
-      self.mse_cls = {n: nn.Dense(c, name=f'mse_cls_{n}') for n, c in
+      self.mse_cls = {n: DenseParams(c, name=f'mse_cls_{n}') for n, c in
                       zip(self.domain_names, self.num_classes)}
     if self.use_mst:
       self.mst_attn = CrossDomainAttention(d)
       self.mst_pixels = PixelAttention(d)
-      self.mst_cls = {n: nn.Dense(c, name=f'mst_cls_{n}') for n, c in
+      self.mst_cls = {n: DenseParams(c, name=f'mst_cls_{n}') for n, c in
                       zip(self.domain_names, self.num_classes)}
 
   # Padding helpers -----------------------------------------------------------
@@ -242,6 +293,18 @@ class SST(nn.Module):
     """Each sample's own-domain entry of ``[B, ..., C_k]`` arrays, padded."""
     stacked = jnp.stack([self._pad(x, NEG_INF) for x in per_domain], axis=1)
     return jnp.einsum('bk,bk...->b...', own.astype(stacked.dtype), stacked)
+
+  def _own_classifier(self, classifiers, domain):
+    """Each sample's own-domain classifier: kernel ``[B, D, C]``, bias ``[B, C]``.
+
+    Padded classes get a zero kernel and a ``NEG_INF`` bias, so applying it
+    equals applying every domain's ``nn.Dense`` and ``_select_own``'s pick,
+    at a K-th of the cost.
+    """
+    params = [classifiers[n](self.dim) for n in self.domain_names]
+    kernel = jnp.stack([self._pad(w) for w, _ in params])        # [K, D, C]
+    bias = jnp.stack([self._pad(b, NEG_INF) for _, b in params])  # [K, C]
+    return kernel[domain], bias[domain]
 
   # MSA ----------------------------------------------------------------------
 
@@ -360,10 +423,10 @@ class SST(nn.Module):
       # as informative as full resolution for the auxiliary classifiers, at
       # a sixteenth of the cost.
       total, outs = 0.0, {}
+      kernel, bias = self._own_classifier(classifiers, domain)
       for s in self.scales:
         x = pixels(feats[s], prototypes, p_own)
-        lg = self._select_own([classifiers[n](x) for n in self.domain_names],
-                              own)
+        lg = jnp.einsum('bhwd,bdc->bhwc', x, kernel) + bias[:, None, None, :]
         outs[s] = layers.resize_bilinear(lg, grid)
         total += -jnp.sum(gt * jax.nn.log_softmax(outs[s], axis=-1))
       n = jnp.sum(coverage) * len(self.scales)
