@@ -35,11 +35,12 @@ def split_cpu(num_devices: int) -> None:
     try:
       jax.config.update('jax_num_cpu_devices', num_devices)
     except RuntimeError as e:
-      if len(jax.devices('cpu')) != num_devices:
+      started = len(jax.devices('cpu'))
+      if started != num_devices:
         raise RuntimeError(
             f'config.cpu_devices={num_devices}: JAX already started with '
-            f'{len(jax.devices("cpu"))} CPU devices; set it before any JAX '
-            'computation runs') from e
+            f'{started} CPU devices; set it before any JAX computation '
+            'runs') from e
 
 
 def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
