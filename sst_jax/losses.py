@@ -141,3 +141,87 @@ def soft_iou_loss(logits: jnp.ndarray, labels: jnp.ndarray,
   iou = inter / jnp.maximum(pred + true - inter, 1e-6)
   return jnp.sum(jnp.where(present, 1.0 - iou, 0.0)) / jnp.maximum(
       jnp.sum(present), 1)
+
+
+def own_head_losses(logits: jnp.ndarray, labels: jnp.ndarray,
+                    num_classes: jnp.ndarray, domain: jnp.ndarray,
+                    num_domains: int, ignore_id: int = IGNORE_ID
+                    ) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """``(own_head_cross_entropy, soft_iou_loss)`` of the same logits, fused.
+
+  The two losses read the same per-pixel softmax; here it is computed once,
+  and the gradient with respect to the logits is written out (one pass over
+  ``[B, H, W, C]``) instead of differentiating each loss through its own
+  softmax, selects and one-hot products. Same values and gradients as the
+  two functions, up to float rounding (tested).
+
+  Args:
+    logits: ``[B, H, W, C]`` each sample's own-head logits at label
+      resolution, padded classes at large negative values.
+    labels: ``[B, H, W]`` int labels.
+    num_classes: ``[B]`` class count of each sample's head.
+    domain: ``[B]`` int domain index of each sample.
+    num_domains: number of domains.
+
+  Returns:
+    ``(ce, iou)`` scalars.
+  """
+  return _own_head_losses(logits.astype(jnp.float32),
+                          labels.astype(jnp.int32), num_classes, domain,
+                          num_domains, ignore_id)
+
+
+def _own_head_losses_fwd(logits, labels, num_classes, domain, num_domains,
+                         ignore_id):
+  z = logits
+  c = z.shape[-1]
+  top = jnp.max(z, axis=-1, keepdims=True)
+  e = jnp.exp(z - top)
+  total = jnp.sum(e, axis=-1, keepdims=True)
+  p = e / total
+  valid = (labels != ignore_id) & (labels >= 0) & (labels < c)
+  in_head = valid & (labels < num_classes[:, None, None])
+  onehot = (labels[..., None] == jnp.arange(c)) & valid[..., None]
+  z_label = jnp.sum(jnp.where(onehot, z, 0.0), axis=-1)
+  ce_pixel = (top[..., 0] + jnp.log(total[..., 0])) - z_label
+  n_ce = jnp.maximum(jnp.sum(in_head), 1).astype(jnp.float32)
+  ce = jnp.sum(jnp.where(in_head, ce_pixel, 0.0)) / n_ce
+  # Per-sample class sums, then per domain (a [K, B] @ [B, C] product).
+  by_domain = jax.nn.one_hot(domain, num_domains, dtype=jnp.float32).T
+  pv = jnp.where(valid[..., None], p, 0.0)
+  inter = by_domain @ jnp.sum(jnp.where(onehot, pv, 0.0), axis=(1, 2))
+  pred = by_domain @ jnp.sum(pv, axis=(1, 2))
+  true = by_domain @ jnp.sum(onehot.astype(jnp.float32), axis=(1, 2))
+  present = true > 0
+  count = jnp.maximum(jnp.sum(present), 1).astype(jnp.float32)
+  union = jnp.maximum(pred + true - inter, 1e-6)
+  iou = jnp.sum(jnp.where(present, 1.0 - inter / union, 0.0)) / count
+  # d iou_loss / d p_c of a pixel of domain k: alpha[k, c] if c is its label
+  # (through the intersection and the union), plus beta[k, c] (union only).
+  # A present class has union >= its pixel count >= 1: never clamped.
+  alpha = jnp.where(present, -(union + inter) / (union * union * count), 0.0)
+  beta = jnp.where(present, inter / (union * union * count), 0.0)
+  res = (p, labels, valid, in_head, n_ce, alpha, beta, domain)
+  return (ce, iou), res
+
+
+def _own_head_losses_bwd(num_domains, ignore_id, res, cotangents):
+  del num_domains, ignore_id
+  p, labels, valid, in_head, n_ce, alpha, beta, domain = res
+  g_ce, g_iou = cotangents
+  onehot = (labels[..., None] == jnp.arange(p.shape[-1])) & valid[..., None]
+  a = jnp.where(onehot, alpha[domain][:, None, None, :], 0.0) + beta[
+      domain][:, None, None, :]
+  pa = p * a
+  d_iou = pa - p * jnp.sum(pa, axis=-1, keepdims=True)
+  d_ce = p - onehot.astype(jnp.float32)
+  dz = (jnp.where(in_head[..., None], d_ce, 0.0) * (g_ce / n_ce) +
+        jnp.where(valid[..., None], d_iou, 0.0) * g_iou)
+  return dz, None, None, None
+
+
+_own_head_losses = jax.custom_vjp(
+    lambda logits, labels, num_classes, domain, num_domains, ignore_id:
+    _own_head_losses_fwd(logits, labels, num_classes, domain, num_domains,
+                         ignore_id)[0], nondiff_argnums=(4, 5))
+_own_head_losses.defvjp(_own_head_losses_fwd, _own_head_losses_bwd)

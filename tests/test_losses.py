@@ -90,3 +90,45 @@ def test_soft_iou_gradient_reaches_only_valid_pixels():
 def test_sst_rampup(step, want):
   np.testing.assert_allclose(steps.sst_rampup(step, 100), want, rtol=1e-6)
   assert steps.sst_rampup(step, 0) == 1.0
+
+
+@pytest.mark.parametrize('cotangents', [(1.0, 0.0), (0.0, 1.0), (0.7, 5.0)])
+def test_fused_own_head_losses_equal_the_two_losses(cotangents):
+  """Values and logit gradients of ``own_head_losses`` against
+  ``own_head_cross_entropy`` and ``soft_iou_loss`` differentiated by JAX."""
+  rng = np.random.default_rng(0)
+  counts = np.asarray([7, 4, 5])                  # the domains' class counts
+  domain = jnp.asarray([0, 1, 2, 1])
+  num_classes = jnp.asarray(counts)[domain]
+  logits = rng.standard_normal((4, 6, 5, 7)).astype(np.float32) * 3
+  for b, k in enumerate(np.asarray(domain)):       # padded classes
+    logits[b, ..., counts[k]:] = -1e9
+  labels = np.stack([rng.integers(0, counts[k], (6, 5))
+                     for k in np.asarray(domain)]).astype(np.uint8)
+  labels[0, 0] = 255
+  labels[3, :2] = 255
+  labels[2, 5, 4] = 6        # at or above the head's classes: excluded by CE
+  # Domain 2 has a single sample: one of its classes absent from the batch.
+  labels[2][labels[2] == 3] = 0
+
+  def reference(z):
+    return (losses.own_head_cross_entropy(z, jnp.asarray(labels),
+                                          num_classes),
+            losses.soft_iou_loss(z, jnp.asarray(labels), domain, 3))
+
+  def fused(z):
+    return losses.own_head_losses(z, jnp.asarray(labels), num_classes,
+                                  domain, 3)
+
+  want, want_vjp = jax.vjp(reference, jnp.asarray(logits))
+  got, got_vjp = jax.vjp(jax.jit(fused), jnp.asarray(logits))
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  ct = tuple(jnp.float32(c) for c in cotangents)
+  want_grad, = want_vjp(ct)
+  got_grad, = got_vjp(ct)
+  scale = float(jnp.max(jnp.abs(want_grad)))
+  assert scale > 0
+  np.testing.assert_allclose(got_grad, want_grad, rtol=1e-4,
+                             atol=1e-6 * scale)
+  # Ignored pixels get no gradient.
+  assert not np.asarray(got_grad)[0, 0].any()

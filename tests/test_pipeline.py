@@ -7,6 +7,7 @@ dummy data to array_record and train the real configs on it.
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from sst_jax import domains as domains_lib
 from sst_jax import config_lib
 from sst_jax.data import pipeline
 from sst_jax.data import sources as sources_lib
+from sst_jax.data import synthetic
 
 # Label values per domain in the fake sources: neighbouring regions carry
 # values far apart (0 | 2 | 14), so any interpolation would invent 1, 7, 8...
@@ -343,3 +345,47 @@ def test_dedicated_r101_trains_on_built_dummy_data(built_data_dir, tmp_path):
   record = eval_records(tmp_path)[-1]
   assert record['step'] == 2 and 'pascal_person_part' in record
   assert (tmp_path / 'checkpoints' / '2').is_dir()
+
+
+def _synthetic_batches(monkeypatch, names, cfg, threshold):
+  """Three batches of a fresh synthetic cache; the splits rendered in
+  subprocesses (those with at least ``threshold`` examples)."""
+  monkeypatch.setattr(sources_lib.CachedSource, '_cache', {})
+  monkeypatch.setattr(sources_lib.CachedSource, 'subprocess_min_examples',
+                      threshold)
+  started, start = [], synthetic.start_render
+  monkeypatch.setattr(synthetic, 'start_render',
+                      lambda s: started.append(s.domain.name) or start(s))
+  ds = pipeline.train_dataset(names, cfg, 4, seed=0)
+  assert not sources_lib.CachedSource._pending
+  return started, batches(ds, 3)
+
+
+def test_synthetic_caches_rendered_in_subprocesses_give_the_same_batches(
+    monkeypatch):
+  names = ['synthetic_pascal', 'synthetic_lip', 'synthetic_atr']
+  cfg = data_config(synthetic_size=32, cache=True, synthetic_examples={
+      'synthetic_pascal:train': 6, 'synthetic_lip:train': 5,
+      'synthetic_atr:train': 2}, mix={'synthetic_atr': 0.0})
+  started, in_process = _synthetic_batches(monkeypatch, names, cfg, 10**9)
+  assert not started
+  started, rendered_apart = _synthetic_batches(monkeypatch, names, cfg, 3)
+  # Every used split long enough, all started before the first is read.
+  assert started == ['synthetic_pascal', 'synthetic_lip']
+  assert_batches_equal(in_process, rendered_apart)
+  cached = sources_lib.CachedSource._cache
+  record = next(iter(cached.values()))[0]
+  assert record['image'].dtype == np.uint8 and record['image'].shape == (
+      32, 32, 3) and record['label'].shape == (32, 32)
+
+
+def test_a_failed_render_subprocess_names_the_source(monkeypatch, tmp_path):
+  fake = tmp_path / 'python'
+  fake.write_text('#!/bin/sh\necho "render crashed" >&2\nexit 3\n')
+  fake.chmod(0o755)
+  monkeypatch.setattr(sys, 'executable', str(fake))
+  source = synthetic.SyntheticSource('synthetic_atr', 'train',
+                                     image_size=(16, 16), num_examples=2)
+  with pytest.raises(RuntimeError, match=r"SyntheticSource\('synthetic_atr'"
+                     r".*exit code 3.*render crashed"):
+    synthetic.render_split(source, in_subprocess=True)

@@ -109,6 +109,56 @@ def test_own_classifier_is_every_head_then_the_own_pick():
     assert (got[b, ..., c:] == sst_lib.NEG_INF).all()
 
 
+def test_multiscale_prototypes_match_per_scale_pooling():
+  """MSA prototypes: the softmax-weighted sum over scales of each scale's
+  masked average (own domain: area-resized ground truth; other domains:
+  their predicted probabilities), computed here scale by scale in numpy."""
+  names, counts = ('a', 'b', 'c'), (3, 6, 4)
+  module = sst_lib.SST(domain_names=names, num_classes=counts, dim=8,
+                       scales=('res2', 'context', 'decoder'))
+  rng = np.random.default_rng(0)
+  bsz, grid = 3, (8, 4)
+  sizes = {'res2': grid, 'context': (2, 1), 'decoder': grid}
+  aux = {s: rng.standard_normal((bsz,) + hw + (5,)).astype(np.float32)
+         for s, hw in sizes.items()}
+  logits = {n: rng.standard_normal((bsz,) + grid + (c,)).astype(np.float32)
+            for n, c in zip(names, counts)}
+  label = rng.integers(0, 6, (bsz, 32, 16)).astype(np.uint8)
+  label[0, :4] = 255
+  domain = np.asarray([1, 0, 2])
+
+  def aggregate(module, *args):
+    return module.aggregate(*args)
+  variables = module.init(jax.random.key(0), logits, aux, label, domain,
+                          method=aggregate)
+  params = jax.tree.map(lambda v: v + rng.standard_normal(v.shape).astype(
+      np.float32), variables['params'])
+  _, protos, _, _ = module.apply(dict(variables, params=params), logits, aux,
+                                 label, domain, method=aggregate)
+
+  def area(x, hw):  # [H, W, C] -> mean over whole cells
+    h, w = hw
+    return x.reshape(h, x.shape[0] // h, w, x.shape[1] // w, -1).mean((1, 3))
+
+  weights = np.exp(params['scale_weights']) / np.exp(
+      params['scale_weights']).sum()
+  want = np.zeros((bsz, 3, 6, 8))
+  for b in range(bsz):
+    for k, (name, c) in enumerate(zip(names, counts)):
+      for w, s in zip(weights, module.scales):
+        proj = params[f'proj_{s}']
+        f = aux[s][b] @ proj['kernel'] + proj['bias']
+        if k == domain[b]:
+          onehot = np.eye(256)[label[b]][..., :c]
+          m = area(onehot, sizes[s])
+        else:
+          e = np.exp(logits[name][b] - logits[name][b].max(-1, keepdims=True))
+          m = area(e / e.sum(-1, keepdims=True), sizes[s])
+        m, f = m.reshape(-1, c), f.reshape(-1, 8)
+        want[b, k, :c] += w * (m.T @ f) / (m.sum(0)[:, None] + 1e-6)
+  np.testing.assert_allclose(np.asarray(protos), want, rtol=1e-4, atol=1e-4)
+
+
 def test_cooccurrence_prior_rows():
   masks = np.zeros((1, 6, 6, 3), np.float32)
   masks[0, :, :3, 0] = 1

@@ -81,6 +81,17 @@ def assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
                                atol=atol, err_msg=jax.tree_util.keystr(path))
 
 
+def tiny_sst_setup():
+  """The tiny SST config, its domain names, models, optimizer and state."""
+  config = tiny_config('sst')
+  domains = train.validate_config(config)
+  model, sst_model = train.build_models(config, domains)
+  tx = optim.make_optimizer(config.optim, config.total_steps)
+  state = train.init_train_state(jax.random.key(0), model=model,
+                                 sst_model=sst_model, tx=tx, image_size=32)
+  return config, [d.name for d in domains], model, sst_model, tx, state
+
+
 def test_cheaply_compiled_initialization_is_bitwise_the_default():
   config = tiny_config('sst')
   domains = train.validate_config(config)
@@ -101,13 +112,7 @@ def test_cheaply_compiled_initialization_is_bitwise_the_default():
 
 
 def test_train_step_8_devices_equals_1_device():
-  config = tiny_config('sst')
-  domains = train.validate_config(config)
-  names = [d.name for d in domains]
-  model, sst_model = train.build_models(config, domains)
-  tx = optim.make_optimizer(config.optim, config.total_steps)
-  state = train.init_train_state(jax.random.key(0), model=model,
-                                 sst_model=sst_model, tx=tx, image_size=32)
+  config, names, model, sst_model, tx, state = tiny_sst_setup()
   ds = pipeline.train_dataset(names, config.data, 8, seed=0)
   batch = ds[0]
   assert set(batch['domain']) == {0, 1}, 'the batch should mix both domains'
@@ -133,6 +138,31 @@ def test_train_step_8_devices_equals_1_device():
   before = jax.device_get(state.params)
   assert not np.allclose(before['parser']['head_synthetic_pascal']['kernel'],
                          p8['parser']['head_synthetic_pascal']['kernel'])
+
+
+def test_nonfinite_loss_skips_the_update_and_finite_loss_applies_it():
+  config, names, model, sst_model, tx, state = tiny_sst_setup()
+  step = jax.jit(functools.partial(
+      steps.train_step, model=model, sst_model=sst_model, tx=tx,
+      domain_names=names, cfg=config))
+  batch = pipeline.train_dataset(names, config.data, 4, seed=0)[0]
+  bad = dict(batch, image=np.where(np.arange(32)[:, None, None] == 5, np.nan,
+                                   batch['image']).astype(np.float32))
+  before = jax.device_get(state)
+  skipped, metrics = step(state, bad, jax.random.key(1))
+  assert float(metrics['nonfinite']) == 1.0
+  assert int(skipped.step) == int(state.step) + 1
+  for part in ('params', 'opt_state', 'model_state'):
+    for x, y in zip(jax.tree.leaves(getattr(before, part)),
+                    jax.tree.leaves(jax.device_get(getattr(skipped, part)))):
+      np.testing.assert_array_equal(y, x, err_msg=part)
+  applied, metrics = step(state, batch, jax.random.key(1))
+  assert float(metrics['nonfinite']) == 0.0
+  for part in ('params', 'opt_state', 'model_state'):
+    leaves = zip(jax.tree.leaves(getattr(before, part)),
+                 jax.tree.leaves(jax.device_get(getattr(applied, part))))
+    assert any(np.asarray(x).dtype.kind == 'f' and not np.array_equal(x, y)
+               for x, y in leaves), part
 
 
 class Interrupt(Exception):

@@ -109,6 +109,20 @@ def train_dataset(domain_names: Sequence[str], data_cfg, global_batch: int,
                      f'add up to the global batch {global_batch}')
 
   index = {name: k for k, name in enumerate(domain_names)}
+  for group_mix, _ in groups:
+    unknown = sorted(set(group_mix) - set(index))
+    if unknown:
+      raise ValueError(f'batch composition names {unknown[0]!r}, not one of '
+                       f'config.domains {list(domain_names)}')
+    if not any(float(w) > 0 for w in group_mix.values()):
+      raise ValueError('config.data.mix gives every domain weight 0')
+  if data_cfg.batching not in ('mixed', 'per_domain'):
+    raise ValueError("config.data.batching must be 'mixed' or 'per_domain', "
+                     f'got {data_cfg.batching!r}')
+  # Every check is done: start rendering the synthetic caches on all cores.
+  used = [n for n in domain_names
+          if any(float(m.get(n, 0.0)) > 0 for m, _ in groups)]
+  sources_lib.prefetch(used, data_cfg.train_split, data_cfg)
   cache = {}
 
   def stream(name):
@@ -126,16 +140,10 @@ def train_dataset(domain_names: Sequence[str], data_cfg, global_batch: int,
 
   mixtures = []
   for group_mix, rows in groups:
-    unknown = sorted(set(group_mix) - set(index))
-    if unknown:
-      raise ValueError(f'batch composition names {unknown[0]!r}, not one of '
-                       f'config.domains {list(domain_names)}')
     # Domains in config order, so the mixture does not depend on how the
     # mapping happened to be built.
     used = sorted(((n, float(w)) for n, w in group_mix.items()
                    if float(w) > 0), key=lambda nw: index[nw[0]])
-    if not used:
-      raise ValueError('config.data.mix gives every domain weight 0')
     mixtures.append(([stream(n) for n, _ in used], [w for _, w in used],
                      rows))
 
@@ -146,9 +154,6 @@ def train_dataset(domain_names: Sequence[str], data_cfg, global_batch: int,
     mixed = grain.MapDataset.mix(batched, weights)
     lo = process_index * local
     return mixed.map(lambda b: {k: v[lo:lo + local] for k, v in b.items()})
-  if data_cfg.batching != 'mixed':
-    raise ValueError("config.data.batching must be 'mixed' or 'per_domain', "
-                     f'got {data_cfg.batching!r}')
   parts = [(grain.MapDataset.mix(streams, weights), rows)
            for streams, weights, rows in mixtures]
   if len(parts) == 1 and process_count == 1:

@@ -76,12 +76,26 @@ class CachedSource:
   """
 
   _cache: dict = {}
+  # Renders started ahead by ``prefetch``: key -> subprocess.
+  _pending: dict = {}
+  # Synthetic splits at least this long render in a separate process
+  # (``synthetic.render_split``); a process start costs about 0.2 s.
+  subprocess_min_examples = 256
 
   def __init__(self, source, key):
     self.domain = source.domain
     if key not in CachedSource._cache:
       start = time.perf_counter()
-      CachedSource._cache[key] = [source[i] for i in range(len(source))]
+      from sst_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+      if key in CachedSource._pending:
+        records = synthetic.finish_render(source,
+                                          CachedSource._pending.pop(key))
+      elif isinstance(source, synthetic.SyntheticSource):
+        records = synthetic.render_split(source, in_subprocess=len(
+            source) >= CachedSource.subprocess_min_examples)
+      else:
+        records = [source[i] for i in range(len(source))]
+      CachedSource._cache[key] = records
       writers.echo(f'cached {len(source)} examples of {key[0]}/{key[1]} in '
                    f'{time.perf_counter() - start:.1f} s')
     self._records = CachedSource._cache[key]
@@ -93,19 +107,41 @@ class CachedSource:
     return self._records[int(index)]
 
 
+def _synthetic(domain: str, split: str, data_config):
+  """The uncached synthetic source and its cache key."""
+  from sst_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  size = data_config.synthetic_size
+  num = data_config.synthetic_examples.get(f'{domain}:{split}', None)
+  source = synthetic.SyntheticSource(domain, split, image_size=(size, size),
+                                     num_examples=num,
+                                     seed=data_config.synthetic_seed)
+  return source, (domain, split, size, len(source),
+                  data_config.synthetic_seed)
+
+
+def prefetch(domain_names, split: str, data_config) -> None:
+  """Starts rendering, all at once, the synthetic caches ``make_source``
+  will build for these domains (so they render on every core, each in its
+  own process; a no-op without ``data_config.cache``)."""
+  if not data_config.cache:
+    return
+  from sst_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  for domain in domain_names:
+    if not domain.startswith('synthetic_'):
+      continue
+    source, key = _synthetic(domain, split, data_config)
+    if (key not in CachedSource._cache and key not in CachedSource._pending
+        and len(source) >= CachedSource.subprocess_min_examples):
+      CachedSource._pending[key] = synthetic.start_render(source)
+
+
 def make_source(domain: str, split: str, data_config) -> object:
   """The source for ``domain``/``split`` as configured in ``config.data``."""
   domains_lib.get_domain(domain)
   if domain.startswith('synthetic_'):
-    from sst_jax.data import synthetic
-    size = data_config.synthetic_size
-    num = data_config.synthetic_examples.get(f'{domain}:{split}', None)
-    source = synthetic.SyntheticSource(domain, split, image_size=(size, size),
-                                       num_examples=num,
-                                       seed=data_config.synthetic_seed)
+    source, key = _synthetic(domain, split, data_config)
     if data_config.cache:
-      source = CachedSource(source, (domain, split, size, len(source),
-                                     data_config.synthetic_seed))
+      source = CachedSource(source, key)
     return source
   names = data_config.get('tfds_names', {}) or {}
   return TfdsSource(domain, split, name=names.get(domain, domain),

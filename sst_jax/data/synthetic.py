@@ -38,6 +38,9 @@ import argparse
 import colorsys
 import dataclasses
 import math
+import os
+import subprocess
+import sys
 from typing import Any, Mapping
 
 import numpy as np
@@ -1084,6 +1087,68 @@ class SyntheticSource:
     return (f'SyntheticSource({self.domain.name!r}, {self.split!r}, '
             f'image_size={self.image_size}, num_examples={len(self)}, '
             f'seed={self._seed})')
+
+
+def render_split(source: SyntheticSource,
+                 in_subprocess: bool = False) -> list[dict[str, Any]]:
+  """Every example of ``source``, in order (what ``source[i]`` returns).
+
+  With ``in_subprocess`` the examples are rendered by a separate Python
+  process (``start_render`` / ``finish_render``) and sent back as raw bytes:
+  rendering is numpy code that holds the GIL between small array operations,
+  so in a separate process it neither slows nor is slowed by the Python
+  work of other threads (tracing and compiling the train step at startup),
+  and several splits render on several cores. Same bytes either way: an
+  example is a pure function of (seed, domain, split, index).
+  """
+  if not in_subprocess:
+    return [source[i] for i in range(len(source))]
+  return finish_render(source, start_render(source))
+
+
+def start_render(source: SyntheticSource) -> subprocess.Popen:
+  """Starts rendering ``source`` in a subprocess; see ``finish_render``."""
+  h, w = source.image_size
+  args = [source.domain.name, source.split, h, w, len(source), source._seed]  # pylint: disable=protected-access
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      p for p in sys.path if isinstance(p, str)))
+  return subprocess.Popen(
+      [sys.executable, '-c', 'import sys; from sst_jax.data import synthetic;'
+       ' synthetic._write_split(*sys.argv[1:])'] + [str(a) for a in args],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+
+
+def finish_render(source: SyntheticSource,
+                  proc: subprocess.Popen) -> list[dict[str, Any]]:
+  """Waits for ``start_render``'s process; its examples, as ``source[i]``."""
+  stdout, stderr = proc.communicate()
+  n = len(source)
+  h, w = source.image_size
+  size = n * h * w * 4
+  if proc.returncode or len(stdout) != size:
+    raise RuntimeError(
+        f'rendering {source!r} in a subprocess failed (exit code '
+        f'{proc.returncode}, {len(stdout)} of {size} bytes): '
+        f'{stderr.decode(errors="replace")[-2000:]}')
+  data = np.frombuffer(bytearray(stdout), np.uint8)
+  images = data[:n * h * w * 3].reshape(n, h, w, 3)
+  labels = data[n * h * w * 3:].reshape(n, h, w)
+  return [{'image': images[i], 'label': labels[i],
+           'id': f'{source.domain.name}/{source.split}/{i:06d}'}
+          for i in range(n)]
+
+
+def _write_split(domain: str, split: str, h: str, w: str, n: str,
+                 seed: str) -> None:
+  """``render_split``'s worker: images then labels as raw bytes on stdout."""
+  source = SyntheticSource(domain, split, image_size=(int(h), int(w)),
+                           num_examples=int(n), seed=int(seed))
+  examples = [source[i] for i in range(len(source))]
+  out = sys.stdout.buffer
+  for key in ('image', 'label'):
+    for ex in examples:
+      out.write(np.ascontiguousarray(ex[key]).tobytes())
+  out.flush()
 
 
 # ---------------------------------------------------------------------------

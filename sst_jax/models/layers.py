@@ -37,6 +37,12 @@ def interp_matrix(out_size: int, in_size: int,
   return m
 
 
+def _phase_offsets(factor: int) -> list[float]:
+  """Where output ``factor * i + r`` samples, relative to input ``i``."""
+  return [(r + 0.5) / factor - 0.5 for r in range(factor)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _upsample_axis(x: jnp.ndarray, axis: int, factor: int) -> jnp.ndarray:
   """Integer-factor linear upsampling along ``axis`` (align_corners=False).
 
@@ -44,6 +50,9 @@ def _upsample_axis(x: jnp.ndarray, axis: int, factor: int) -> jnp.ndarray:
   with a weight that depends only on the phase ``r``; with edge padding this
   equals PyTorch's clamped bilinear interpolation. Costs two multiply-adds
   per output element (a dense interpolation matrix costs ``in_size``).
+  The gradient is computed directly at the input's size
+  (``_upsample_axis_grad``) rather than by differentiating the slices,
+  which would write three zero-padded input-sized arrays per phase.
   """
   n = x.shape[axis]
   pad = [(0, 0)] * x.ndim
@@ -52,8 +61,7 @@ def _upsample_axis(x: jnp.ndarray, axis: int, factor: int) -> jnp.ndarray:
   take = lambda start: jax.lax.slice_in_dim(xp, start, start + n, axis=axis)
   prev, cur, nxt = take(0), take(1), take(2)
   phases = []
-  for r in range(factor):
-    offset = (r + 0.5) / factor - 0.5
+  for offset in _phase_offsets(factor):
     if offset < 0:
       phases.append(cur + (prev - cur) * (-offset))
     else:
@@ -62,6 +70,48 @@ def _upsample_axis(x: jnp.ndarray, axis: int, factor: int) -> jnp.ndarray:
   shape = list(x.shape)
   shape[axis] = n * factor
   return out.reshape(shape)
+
+
+def _upsample_axis_grad(g: jnp.ndarray, axis: int,
+                        factor: int) -> jnp.ndarray:
+  """The transpose of ``_upsample_axis``: output gradient -> input gradient.
+
+  Input ``i`` receives, from the outputs of its own cell, ``1 - |offset|``
+  of each phase; from the cell after it, ``|offset|`` of the phases that
+  look back; from the cell before it, ``offset`` of those that look ahead.
+  The clamped edges keep the share that would fall outside.
+  """
+  if factor == 1:
+    return g
+  n = g.shape[axis] // factor
+  g = g.reshape(g.shape[:axis] + (n, factor) + g.shape[axis + 1:])
+  phase = lambda r: jax.lax.index_in_dim(g, r, axis=axis + 1, keepdims=False)
+  own, back, ahead = 0.0, 0.0, 0.0
+  for r, offset in enumerate(_phase_offsets(factor)):
+    gr = phase(r)
+    own = own + gr * (1.0 - abs(offset))
+    if offset < 0:
+      back = back + gr * (-offset)
+    elif offset > 0:
+      ahead = ahead + gr * offset
+  edge = lambda a, i: jax.lax.slice_in_dim(a, i, i + 1, axis=axis)
+  # Input i - 1 gets back[i]; input i + 1 gets ahead[i]; the edge padding
+  # folds back[0] into input 0 and ahead[n - 1] into input n - 1.
+  back = jnp.concatenate(
+      [edge(back, 0) + edge(back, 1),
+       jax.lax.slice_in_dim(back, 2, n, axis=axis),
+       jnp.zeros_like(edge(back, 0))] if n > 1 else [back], axis=axis)
+  ahead = jnp.concatenate(
+      [jnp.zeros_like(edge(ahead, 0)),
+       jax.lax.slice_in_dim(ahead, 0, n - 2, axis=axis),
+       edge(ahead, n - 2) + edge(ahead, n - 1)] if n > 1 else [ahead],
+      axis=axis)
+  return own + back + ahead
+
+
+_upsample_axis.defvjp(
+    lambda x, axis, factor: (_upsample_axis(x, axis, factor), None),
+    lambda axis, factor, _, g: (_upsample_axis_grad(g, axis, factor),))
 
 
 def resize_bilinear(x: jnp.ndarray, size: tuple[int, int],

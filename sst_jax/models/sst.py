@@ -330,17 +330,22 @@ class SST(nn.Module):
         [self._pad(jax.nn.softmax(logits[n], axis=-1))
          for n in self.domain_names], axis=1))                   # [B,K,h,w,C]
     b, k = probs.shape[:2]
-    protos = 0.0
+    # Pooling is linear in the features and scales of one size share their
+    # masks, so each size pools the weighted sum of its scales' features
+    # once (res2 and the decoder are both at stride 4).
+    by_size = {}
     for w, s in zip(fuse, self.scales):
       size = tuple(feats[s].shape[1:3])
+      by_size[size] = by_size.get(size, 0.0) + w * feats[s]
+    protos = 0.0
+    for size, f in by_size.items():
       pred = probs if size == tuple(grid) else layers.adaptive_avg_pool(
           probs.reshape((b * k,) + probs.shape[2:]), size).reshape(
               (b, k) + size + (self.c_max,))
       m = jnp.where(own[:, :, None, None, None], gt[size][:, None], pred)
       p = size[0] * size[1]
-      protos = protos + w * masked_pool(
-          m.reshape(b, k, p, self.c_max),
-          feats[s].reshape(b, 1, p, self.dim))
+      protos = protos + masked_pool(m.reshape(b, k, p, self.c_max),
+                                    f.reshape(b, 1, p, self.dim))
     gt_grid = gt[tuple(grid)]
     mass_gt = jnp.sum(gt_grid, axis=(1, 2))                        # [B, C]
     mass_pred = jnp.sum(probs, axis=(2, 3))                        # [B,K,C]
