@@ -81,9 +81,9 @@ def assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
                                atol=atol, err_msg=jax.tree_util.keystr(path))
 
 
-def tiny_sst_setup():
-  """The tiny SST config, its domain names, models, optimizer and state."""
-  config = tiny_config('sst')
+def tiny_setup(arg='sst'):
+  """A tiny config, its domain names, models, optimizer and state."""
+  config = tiny_config(arg)
   domains = train.validate_config(config)
   model, sst_model = train.build_models(config, domains)
   tx = optim.make_optimizer(config.optim, config.total_steps)
@@ -112,7 +112,7 @@ def test_cheaply_compiled_initialization_is_bitwise_the_default():
 
 
 def test_train_step_8_devices_equals_1_device():
-  config, names, model, sst_model, tx, state = tiny_sst_setup()
+  config, names, model, sst_model, tx, state = tiny_setup()
   ds = pipeline.train_dataset(names, config.data, 8, seed=0)
   batch = ds[0]
   assert set(batch['domain']) == {0, 1}, 'the batch should mix both domains'
@@ -141,7 +141,7 @@ def test_train_step_8_devices_equals_1_device():
 
 
 def test_nonfinite_loss_skips_the_update_and_finite_loss_applies_it():
-  config, names, model, sst_model, tx, state = tiny_sst_setup()
+  config, names, model, sst_model, tx, state = tiny_setup('baseline')
   step = jax.jit(functools.partial(
       steps.train_step, model=model, sst_model=sst_model, tx=tx,
       domain_names=names, cfg=config))
