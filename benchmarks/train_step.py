@@ -55,9 +55,10 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 PRESETS = {
     # The model of configs/synthetic.py, at the 80x80 crops it trained on
     # before its 112x64 crops (docs/results.md's step measurements use it;
-    # --resolution=112 --crop_width=64 for the current crop).
+    # --resolution=112 --crop_width=64 for the current crop). Measurements
+    # before the 48-wide decoder used --decoder_features=64.
     'synthetic': dict(backbone='resnet18', width=24, output_stride=16,
-                      context_features=96, decoder_features=64,
+                      context_features=96, decoder_features=48,
                       resolution=80, crop_width=0, batch=16),
     # CE2P/SCHP-size parser (standard ResNet-101, 7x7 stem).
     'resnet101': dict(backbone='resnet101', width=64, output_stride=8,

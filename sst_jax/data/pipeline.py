@@ -120,9 +120,9 @@ def train_dataset(domain_names: Sequence[str], data_cfg, global_batch: int,
     raise ValueError("config.data.batching must be 'mixed' or 'per_domain', "
                      f'got {data_cfg.batching!r}')
   # Every check is done: start rendering the synthetic caches on all cores.
-  used = [n for n in domain_names
-          if any(float(m.get(n, 0.0)) > 0 for m, _ in groups)]
-  sources_lib.prefetch(used, data_cfg.train_split, data_cfg)
+  to_render = [n for n in domain_names
+               if any(float(m.get(n, 0.0)) > 0 for m, _ in groups)]
+  sources_lib.prefetch(to_render, data_cfg.train_split, data_cfg)
   cache = {}
 
   def stream(name):
