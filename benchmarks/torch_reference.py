@@ -17,7 +17,10 @@ inference logits and the first training loss can then be compared exactly.
 The step is the one of ``configs/*`` with ``optim.name='sgd'``: multi-head
 cross-entropy at label resolution (each sample against its own domain's
 head, mean over valid pixels), weight decay on convolution kernels only,
-SGD with momentum.
+SGD with momentum. On a GPU with ``channels_last`` and bfloat16 autocast
+(``train_step.py --torch --channels_last --dtype=bfloat16``) it is the
+mixed-precision step a PyTorch user would write: float32 parameters and
+SGD update, convolutions in bfloat16, cuDNN autotuned.
 """
 
 from __future__ import annotations
@@ -309,7 +312,8 @@ def _median_time(fn, warmup, steps):
 
 def benchmark_torch(config, flax_variables, batch: dict, *, warmup: int,
                     steps: int, threads: int = 0,
-                    channels_last: bool = False,
+                    channels_last: bool = False, device: str = 'cpu',
+                    autocast_dtype: torch.dtype | None = None,
                     time_now: bool = True) -> dict:
   """Times inference and the SGD train step from the JAX initial weights.
 
@@ -317,30 +321,53 @@ def benchmark_torch(config, flax_variables, batch: dict, *, warmup: int,
     config: the sst_jax config (model, optim, domains).
     flax_variables: host ``{'params', 'batch_stats'}`` of the JAX parser.
     batch: host ``{'image' [B,H,W,3], 'label', 'domain'}``.
+    warmup: untimed calls before the timed ones.
+    steps: timed calls.
+    threads: ``torch.set_num_threads`` (0: torch's default).
+    channels_last: NHWC memory layout for the model and the images.
+    device: ``'cpu'``, ``'cuda'``, ``'cuda:1'``...; on a GPU, cuDNN picks
+      its fastest algorithms for these shapes during the warm-up.
+    autocast_dtype: e.g. ``torch.bfloat16``: the forward passes (and the
+      loss) under ``torch.autocast``; parameters, gradients and the SGD
+      update stay float32.
+    time_now: time here; otherwise see Returns.
 
   Returns:
     dict with ``params``, ``forward_s``, ``train_step_s``, ``first_loss``,
-    ``forward_logits`` (``{head: [B,h,w,C]}``, NHWC like JAX). With
+    ``forward_logits`` (``{head: [B,h,w,C]}`` float32, NHWC like JAX). With
     ``time_now=False`` each program runs once and ``'runners'``
-    (``{'train': fn, 'forward': fn}``) replaces the times.
+    (``{'train': fn, 'forward': fn}``, each returning once the device is
+    done) replaces the times.
   """
   from sst_jax import domains as domains_lib
   if config.optim.name != 'sgd':
     raise ValueError('the PyTorch reference implements optim.name=sgd only')
   if threads:
     torch.set_num_threads(threads)
+  device = torch.device(device)
+  on_cuda = device.type == 'cuda'
+  if on_cuda:
+    torch.backends.cudnn.benchmark = True
   domains = domains_lib.get_domains(list(config.domains))
   model = Parser(config.model, {d.name: d.num_classes for d in domains})
   with torch.no_grad():
     load_flax_variables(model, flax_variables)
   fmt = torch.channels_last if channels_last else torch.contiguous_format
-  model = model.to(memory_format=fmt)
-  image = torch.from_numpy(batch['image']).permute(0, 3, 1, 2).contiguous(
-      memory_format=fmt)
-  label = torch.from_numpy(batch['label']).long()
-  domain = torch.from_numpy(batch['domain']).long()
+  model = model.to(device=device, memory_format=fmt)
+  image = torch.from_numpy(np.asarray(batch['image'], np.float32)).permute(
+      0, 3, 1, 2).to(device).contiguous(memory_format=fmt)
+  label = torch.from_numpy(batch['label']).long().to(device)
+  domain = torch.from_numpy(batch['domain']).long().to(device)
   out = {'params': sum(p.numel() for p in model.parameters()),
          'threads': torch.get_num_threads()}
+
+  def autocast():
+    return torch.autocast(device.type, dtype=autocast_dtype,
+                          enabled=autocast_dtype is not None)
+
+  def finish():
+    if on_cuda:
+      torch.cuda.synchronize(device)
 
   model.eval()
   first = {}
@@ -348,15 +375,17 @@ def benchmark_torch(config, flax_variables, batch: dict, *, warmup: int,
   @torch.no_grad()
   def forward():
     model.eval()
-    logits = model(image)
+    with autocast():
+      logits = model(image)
     first.setdefault('logits', logits)
+    finish()
 
   if time_now:
     out['forward_s'], out['forward_times'] = _median_time(forward, warmup,
                                                           steps)
   else:
     forward()
-  out['forward_logits'] = {k: v.permute(0, 2, 3, 1).numpy()
+  out['forward_logits'] = {k: v.float().permute(0, 2, 3, 1).cpu().numpy()
                            for k, v in first['logits'].items()}
 
   # lr as the JAX step's first value (schedule at step 0); the value does not
@@ -366,10 +395,13 @@ def benchmark_torch(config, flax_variables, batch: dict, *, warmup: int,
   def train_step():
     model.train()
     opt.zero_grad(set_to_none=True)
-    loss = multi_head_cross_entropy(model(image), label, domain)
+    with autocast():
+      loss = multi_head_cross_entropy(model(image), label, domain)
     loss.backward()
     opt.step()
-    first.setdefault('loss', loss.item())
+    if 'loss' not in first:  # .item() waits for the device: once only.
+      first['loss'] = loss.item()
+    finish()
 
   if time_now:
     out['train_step_s'], out['train_times'] = _median_time(train_step, warmup,

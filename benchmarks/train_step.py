@@ -16,14 +16,18 @@ the inference forward pass (``train=False``, all heads at stride 4).
 
 Reported per variant: compile time (lower + compile), images/s from the
 median of ``--steps`` timed steps after ``--warmup`` untimed ones, FLOPs per
-image from XLA's cost analysis of the compiled step, achieved FLOP/s and,
-with a known or given peak (``--peak_flops``; H100/H200 bf16 dense by
-default on those GPUs), model FLOPs utilisation.
+image from XLA's cost analysis of the compiled step, achieved FLOP/s and
+model FLOPs utilisation (MFU): achieved FLOP/s over the dense peak of the
+devices in use, from ``--peak_flops`` or the table ``PEAK_FLOPS`` by device
+kind and dtype (none for an unknown device: MFU is then reported as null).
 
-``--torch`` also times the same parser and SGD step in PyTorch eager
+``--torch`` also times the same parser and SGD step in PyTorch
 (``benchmarks/torch_reference.py``) from the same initial weights and batch,
-checks parameter counts, outputs and first-step losses agree, and prints the
-JAX/PyTorch time ratios.
+on the GPU when JAX runs on one (``--torch_device``), in bfloat16 autocast
+when ``--dtype=bfloat16``, checks parameter counts, outputs and first-step
+losses agree, and prints the JAX/PyTorch time ratios. PyTorch runs on one
+device with one device's share of the batch (``--batch`` over the JAX
+devices), so the ratio compares the time per step of one device.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import json
 import os
 import pathlib
 import platform
+import re
 import statistics
 import time
 
@@ -64,13 +69,31 @@ PRESETS = {
     'resnet101': dict(backbone='resnet101', width=64, output_stride=8,
                       context_features=512, decoder_features=256,
                       resolution=473, crop_width=0, batch=2),
+    # The smallest parser: a seconds-long compile for smoke checks on a CPU.
+    'tiny': dict(backbone='resnet_tiny', width=8, output_stride=16,
+                 context_features=16, decoder_features=16, resolution=32,
+                 crop_width=0, batch=2),
 }
 
-# Dense peak FLOP/s by device kind (substring match), for MFU.
+# Dense (no sparsity) peak FLOP/s of one device by compute dtype: the first
+# pattern that matches ``device_kind`` wins. TPU kinds are matched whole
+# ("TPU v4 lite" is not a v4). The float32 peaks of the GPUs are their
+# non-tensor-core rates.
 PEAK_FLOPS = {
-    ('H100', 'bfloat16'): 989e12, ('H100', 'float32'): 67e12,
-    ('H200', 'bfloat16'): 989e12, ('H200', 'float32'): 67e12,
-    ('A100', 'bfloat16'): 312e12, ('A100', 'float32'): 19.5e12,
+    'bfloat16': (
+        (r'^TPU v4$', 275e12),
+        (r'^TPU v5( lite|e)$', 197e12),
+        (r'^TPU v5p?$', 459e12),
+        (r'^TPU v6( lite|e)$', 918e12),
+        (r'H100 PCIe', 756e12),
+        (r'H[12]00(?!.*(PCIe|NVL))', 989e12),  # SXM
+        (r'A100', 312e12),
+    ),
+    'float32': (
+        (r'H100 PCIe', 51e12),
+        (r'H[12]00(?!.*(PCIe|NVL))', 67e12),
+        (r'A100', 19.5e12),
+    ),
 }
 
 
@@ -149,11 +172,38 @@ def synthetic_batch(config, num_domains: int, seed: int = 0) -> dict:
   }
 
 
-def _flops(compiled) -> float:
-  cost = compiled.cost_analysis()
+def flops_per_image(lowered, jitted, args, images: int) -> float:
+  """XLA's FLOP count of a jitted program, per image of the global batch.
+
+  Counted on the lowered program, before XLA's optimizations: after
+  compilation a GPU's convolutions are cuDNN custom calls that the cost
+  analysis does not count (ResNet-101 at 473x473 read 36 GFLOP per image
+  for the train step on an H200 against 1455 on the CPU), and an SPMD
+  program is one device's share. Backends behind a PJRT plugin (GPU) give
+  no analysis of a lowered program; there the same function is lowered
+  again, unsharded, for the host CPU: the FLOPs of a program do not depend
+  on the device, and the model's choices made at trace time (e.g. the
+  convolution kernel gradient) follow the default backend either way.
+
+  Args:
+    lowered: ``jitted.lower(*args)``.
+    jitted: the ``jax.jit`` function.
+    args: its arguments (arrays or shape structs).
+    images: the global batch size.
+  """
+  cost = lowered.cost_analysis()
+  if cost is None:
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                            args)
+    try:
+      cpu = jax.devices('cpu')[0]
+    except RuntimeError:  # JAX_PLATFORMS leaves the CPU out
+      return float('nan')
+    with jax.default_device(cpu):
+      cost = jax.jit(jitted.__wrapped__).lower(*abstract).cost_analysis()
   if isinstance(cost, (list, tuple)):  # Older jax: one dict per computation.
     cost = cost[0]
-  return float(cost.get('flops', float('nan')))
+  return float(cost.get('flops', float('nan'))) / images
 
 
 def _median_time(fn, warmup: int, steps: int) -> tuple[float, list[float]]:
@@ -234,10 +284,11 @@ def benchmark_jax(config, *, warmup: int, steps_: int,
   out['params'] = int(sum(np.size(x) for x in jax.tree.leaves(
       initial['params'])))
   t0 = time.perf_counter()
-  compiled = setup['step_fn'].lower(state, batch, rng).compile()
+  lowered = setup['step_fn'].lower(state, batch, rng)
+  compiled = lowered.compile()
   out['train_compile_s'] = time.perf_counter() - t0
-  # Cost analysis is of the per-device SPMD program.
-  out['train_flops_per_image'] = _flops(compiled) * n_dev / config.batch_size
+  out['train_flops_per_image'] = flops_per_image(
+      lowered, setup['step_fn'], (state, batch, rng), config.batch_size)
   if not steps_:  # Compile time and FLOPs only.
     return out
   holder = {'state': state, 'first_loss': None}
@@ -259,10 +310,13 @@ def benchmark_jax(config, *, warmup: int, steps_: int,
   if forward:
     variables = jax.device_put(initial, repl)
     t0 = time.perf_counter()
-    fwd_compiled = jit_forward(setup).lower(variables, batch['image']).compile()
+    forward_fn = jit_forward(setup)
+    fwd_lowered = forward_fn.lower(variables, batch['image'])
+    fwd_compiled = fwd_lowered.compile()
     out['forward_compile_s'] = time.perf_counter() - t0
-    out['forward_flops_per_image'] = (_flops(fwd_compiled) * n_dev /
-                                      config.batch_size)
+    out['forward_flops_per_image'] = flops_per_image(
+        fwd_lowered, forward_fn, (variables, batch['image']),
+        config.batch_size)
     first = {}
 
     def run_forward():
@@ -304,21 +358,105 @@ def interleaved_times(runners: list, warmup: int, rounds: int,
   return times
 
 
-def peak_flops(args, device_kind: str) -> float | None:
-  if args.peak_flops:
-    return args.peak_flops
-  for (kind, dtype), value in PEAK_FLOPS.items():
-    if kind in device_kind and dtype == args.dtype:
+def device_peak_flops(device_kind: str, dtype: str) -> float | None:
+  """Dense peak FLOP/s of one device from ``PEAK_FLOPS``.
+
+  Args:
+    device_kind: ``jax.Device.device_kind``, e.g. ``'NVIDIA H200'``.
+    dtype: the compute dtype, ``'bfloat16'`` or ``'float32'``.
+
+  Returns:
+    FLOP/s, or None for a device (or dtype) the table does not know.
+  """
+  for pattern, value in PEAK_FLOPS.get(dtype, ()):
+    if re.search(pattern, device_kind):
       return value
   return None
 
 
-def _row(name, images, seconds, compile_s, flops_per_image, peak):
+def rates(images: int, seconds: float, flops_per_image: float,
+          peak: float | None) -> dict:
+  """Throughput of one timed program.
+
+  Args:
+    images: images per call.
+    seconds: the median time of a call.
+    flops_per_image: XLA's count for the program, per image.
+    peak: dense peak FLOP/s of all devices that ran it (None: unknown).
+
+  Returns:
+    ``ms_per_step``, ``images_per_s``, ``flops_per_image``,
+    ``achieved_flops_per_s`` and ``mfu`` (a fraction; None without a peak).
+  """
   ips = images / seconds
   achieved = flops_per_image * ips
-  mfu = f'{100 * achieved / peak:6.1f}%' if peak else '     -'
-  return (f'{name:<18}{seconds * 1e3:>11.1f}{ips:>10.3g}{compile_s:>10.1f}'
-          f'{flops_per_image / 1e9:>13.2f}{achieved / 1e9:>12.1f}  {mfu}')
+  return {'ms_per_step': seconds * 1e3, 'images_per_s': ips,
+          'flops_per_image': flops_per_image,
+          'achieved_flops_per_s': achieved,
+          'mfu': achieved / peak if peak else None}
+
+
+def _row(name: str, rate: dict, compile_s: float | None) -> str:
+  mfu = '     -' if rate['mfu'] is None else f'{100 * rate["mfu"]:6.1f}%'
+  compile_text = '-' if compile_s is None else f'{compile_s:.1f}'
+  return (f'{name:<18}{rate["ms_per_step"]:>11.1f}'
+          f'{rate["images_per_s"]:>10.3g}{compile_text:>10}'
+          f'{rate["flops_per_image"] / 1e9:>13.2f}'
+          f'{rate["achieved_flops_per_s"] / 1e9:>12.1f}  {mfu}')
+
+
+def library_versions() -> dict:
+  """Python, JAX, jaxlib, flax and numpy versions."""
+  import flax  # pylint: disable=g-import-not-at-top
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  return {'python': platform.python_version(), 'jax': jax.__version__,
+          'jaxlib': jaxlib.__version__, 'flax': flax.__version__,
+          'numpy': np.__version__}
+
+
+def torch_device(requested: str) -> str:
+  """``--torch_device``; ``'auto'`` is the GPU when JAX runs on one."""
+  if requested != 'auto':
+    return requested
+  import torch  # pylint: disable=g-import-not-at-top
+  on_gpu = jax.default_backend() == 'gpu' and torch.cuda.is_available()
+  return 'cuda' if on_gpu else 'cpu'
+
+
+def setup_torch(config, jax_result: dict, args) -> dict:
+  """The PyTorch reference's runners for one JAX device's share of the batch.
+
+  PyTorch runs on one device: it gets the first ``batch / devices`` images
+  of the JAX batch (the rows of JAX's first device), in bfloat16 autocast
+  when ``args.dtype`` is bfloat16.
+
+  Returns:
+    ``torch_reference.benchmark_torch``'s dict (``time_now=False``) plus
+    ``batch``, ``device``, ``autocast`` and ``channels_last``; or
+    ``{'error': text}`` when PyTorch fails, so that the JAX measurement
+    goes on alone.
+  """
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+    import torch_reference  # pylint: disable=g-import-not-at-top
+    per_device = config.batch_size // jax_result['devices']
+    batch = {k: v[:per_device] for k, v in jax_result['batch'].items()}
+    device = torch_device(args.torch_device)
+    autocast = args.dtype == 'bfloat16'
+    out = torch_reference.benchmark_torch(
+        config, jax_result['initial_variables'], batch, warmup=args.warmup,
+        steps=args.steps, threads=args.torch_threads,
+        channels_last=args.channels_last, device=device,
+        autocast_dtype=torch.bfloat16 if autocast else None, time_now=False)
+  except Exception as e:  # pylint: disable=broad-except
+    import traceback  # pylint: disable=g-import-not-at-top
+    traceback.print_exc()
+    return {'error': f'{type(e).__name__}: {e}'}
+  out.update(batch=per_device, device=device,
+             autocast='bfloat16' if autocast else None,
+             channels_last=args.channels_last, torch=torch.__version__,
+             cuda=torch.version.cuda)
+  return out
 
 
 def main(argv=None) -> None:
@@ -328,24 +466,50 @@ def main(argv=None) -> None:
                       choices=('baseline', 'sst'))
   parser.add_argument('--num_devices', type=int, default=0,
                       help='0 = all local devices')
+  parser.add_argument('--batch_per_device', type=int, default=0,
+                      help='global batch = this x the devices in use '
+                      '(overrides --batch and the preset)')
   parser.add_argument('--warmup', type=int, default=3)
   parser.add_argument('--steps', type=int, default=5,
                       help='timed steps (0: compile time and FLOPs only)')
   parser.add_argument('--peak_flops', type=float, default=0.0,
-                      help='peak FLOP/s of the whole mesh for MFU (default: '
-                      'by device kind, dense)')
+                      help='dense peak FLOP/s of one device for MFU '
+                      '(default: PEAK_FLOPS by device kind and --dtype)')
   parser.add_argument('--torch', action='store_true',
-                      help='also time the PyTorch eager reference (baseline)')
+                      help='also time the PyTorch reference (baseline)')
+  parser.add_argument('--torch_device', default='auto',
+                      help="PyTorch's device: auto (the GPU when JAX runs on "
+                      'one, else the CPU), cpu, cuda, cuda:1, ...')
   parser.add_argument('--torch_threads', type=int, default=0,
                       help='torch.set_num_threads (0 = torch default)')
   parser.add_argument('--channels_last', action='store_true',
                       help='PyTorch reference in channels_last layout')
   parser.add_argument('--json', default='', help='also write results here')
-  args = apply_preset(parser.parse_args(argv))
+  args = parser.parse_args(argv)
+  if args.torch:
+    # Before JAX starts its backend: by default it takes 75 % of a GPU's
+    # memory up front, and PyTorch's step on the same GPU would not fit.
+    os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
+  if args.batch_per_device:
+    args.batch = args.batch_per_device * (args.num_devices or
+                                          jax.device_count())
+  args = apply_preset(args)
 
-  print(f'# {jax.devices()[0].device_kind} x{len(jax.devices())} '
-        f'({platform.machine()}, {os.cpu_count()} CPUs), jax '
-        f'{jax.__version__}; {args.backbone} width {args.width} OS '
+  kind = jax.devices()[0].device_kind
+  n_dev = args.num_devices or jax.device_count()
+  peak_per_device = args.peak_flops or device_peak_flops(kind, args.dtype)
+  peak = peak_per_device * n_dev if peak_per_device else None
+  device_info = {
+      'kind': kind, 'count': n_dev, 'platform': jax.default_backend(),
+      'peak_flops_per_device': peak_per_device,
+      'peak_source': ('--peak_flops' if args.peak_flops else
+                      'PEAK_FLOPS' if peak_per_device else None)}
+  if peak is None:
+    device_info['mfu_note'] = (
+        f'no known dense {args.dtype} peak for {kind!r}: MFU not reported '
+        '(pass --peak_flops)')
+  print(f'# {kind} x{n_dev} ({platform.machine()}, {os.cpu_count()} CPUs), '
+        f'jax {jax.__version__}; {args.backbone} width {args.width} OS '
         f'{args.output_stride} ctx {args.context_features} dec '
         f'{args.decoder_features}, {crop_text(args)}, '
         f'batch {args.batch}, {args.dtype}, {args.optimizer}, conv kernel '
@@ -354,29 +518,28 @@ def main(argv=None) -> None:
         f'median of '
         f'{args.steps} after {args.warmup} warm-up'
         f'{"; JAX and PyTorch timed in turns" if args.torch else ""}')
+  if 'mfu_note' in device_info:
+    print(f'# {device_info["mfu_note"]}')
   print(f'{"":<18}{"ms/step":>11}{"img/s":>10}{"compile s":>10}'
         f'{"GFLOP/img":>13}{"GFLOP/s":>12}  {"MFU":>6}', flush=True)
-  results = {'args': vars(args)}
+  results = {'args': vars(args), 'device': device_info,
+             'versions': library_versions()}
   for variant in args.variants:
     config = load_config(variant, args)
     pair = bool(args.torch and variant == 'baseline' and args.steps)
     r = benchmark_jax(config, warmup=args.warmup, steps_=args.steps,
                       forward=variant == 'baseline', time_now=not pair)
+    t = setup_torch(config, r, args) if pair else None
     if pair:
-      # The PyTorch reference is timed in turns with JAX, step by step.
-      import torch_reference
-      t = torch_reference.benchmark_torch(
-          config, r['initial_variables'], r['batch'], warmup=args.warmup,
-          steps=args.steps, threads=args.torch_threads,
-          channels_last=args.channels_last, time_now=False)
-      for kind, key in (('train', 'train_step'), ('forward', 'forward')):
-        for out, times in zip((r, t), interleaved_times(
-            [r['runners'][kind], t['runners'][kind]], args.warmup,
-            args.steps)):
+      # PyTorch is timed in turns with JAX, step by step.
+      for kind_, key in (('train', 'train_step'), ('forward', 'forward')):
+        outs = [r] + ([t] if 'runners' in t else [])
+        for out, times in zip(outs, interleaved_times(
+            [o['runners'][kind_] for o in outs], args.warmup, args.steps)):
           out[f'{key}_s'] = statistics.median(times)
-          out[f'{kind}_times'] = times
-      del r['runners'], t['runners']
-    peak = peak_flops(args, r['device_kind'])
+          out[f'{kind_}_times'] = times
+      for out in (r, t):
+        out.pop('runners', None)
     if not args.steps:
       print(f'{f"jax {variant} train":<18}{"-":>11}{"-":>10}'
             f'{r["train_compile_s"]:>10.1f}'
@@ -384,38 +547,56 @@ def main(argv=None) -> None:
       results[variant] = {k: v for k, v in r.items() if k not in (
           'initial_variables', 'batch')}
       continue
-    print(_row(f'jax {variant} train', args.batch, r['train_step_s'],
-               r['train_compile_s'], r['train_flops_per_image'], peak),
+    r['train'] = rates(args.batch, r['train_step_s'],
+                       r['train_flops_per_image'], peak)
+    print(_row(f'jax {variant} train', r['train'], r['train_compile_s']),
           flush=True)
     if 'forward_s' in r:
-      print(_row('jax inference', args.batch, r['forward_s'],
-                 r['forward_compile_s'], r['forward_flops_per_image'], peak),
+      r['forward'] = rates(args.batch, r['forward_s'],
+                           r['forward_flops_per_image'], peak)
+      print(_row('jax inference', r['forward'], r['forward_compile_s']),
             flush=True)
     results[variant] = {k: v for k, v in r.items() if k not in (
         'initial_variables', 'batch', 'forward_logits')}
-    if pair:
-      print(_row('torch train', args.batch, t['train_step_s'], 0.0,
-                 r['train_flops_per_image'], None))
-      print(_row('torch inference', args.batch, t['forward_s'], 0.0,
-                 r['forward_flops_per_image'], None))
-      logits_err = max(
-          float(np.max(np.abs(t['forward_logits'][k] - r['forward_logits'][k]))
-                / (np.max(np.abs(r['forward_logits'][k])) + 1e-12))
-          for k in r['forward_logits'])
-      print(f'# parameters: jax {r["params"]:,}  torch {t["params"]:,}  '
-            f'({"equal" if r["params"] == t["params"] else "DIFFERENT"})')
-      print(f'# same weights and batch: inference logits max rel. diff '
-            f'{logits_err:.2e}; first train-step loss jax '
-            f'{r["first_loss"]:.6f} torch {t["first_loss"]:.6f}')
-      print(f'# time ratio JAX/PyTorch: train step '
-            f'{r["train_step_s"] / t["train_step_s"]:.2f}, inference '
-            f'{r["forward_s"] / t["forward_s"]:.2f} (<1: JAX faster)')
-      results['torch'] = {k: v for k, v in t.items()
-                          if k != 'forward_logits'}
-      results['torch']['logits_max_rel_diff'] = logits_err
+    if t is not None:
+      results['torch'] = _torch_report(r, t, peak_per_device)
   if args.json:
     with open(args.json, 'w') as f:
       json.dump(results, f, indent=1, default=float)
+
+
+def _torch_report(r: dict, t: dict, peak_per_device: float | None) -> dict:
+  """Prints the PyTorch rows and checks; returns its JSON record."""
+  if 'error' in t:
+    print(f'# PyTorch reference failed: {t["error"]}', flush=True)
+    return t
+  t['train'] = rates(t['batch'], t['train_step_s'],
+                     r['train_flops_per_image'], peak_per_device)
+  t['forward'] = rates(t['batch'], t['forward_s'],
+                       r['forward_flops_per_image'], peak_per_device)
+  print(_row('torch train', t['train'], None))
+  print(_row('torch inference', t['forward'], None))
+  jax_logits = {k: np.asarray(v[:t['batch']], np.float32)
+                for k, v in r['forward_logits'].items()}
+  t['logits_max_rel_diff'] = max(
+      float(np.max(np.abs(t['forward_logits'][k] - jax_logits[k]))
+            / (np.max(np.abs(jax_logits[k])) + 1e-12)) for k in jax_logits)
+  # Per device: JAX's step runs `batch / devices` images on each device.
+  t['jax_over_torch'] = {'train_step': r['train_step_s'] / t['train_step_s'],
+                         'forward': r['forward_s'] / t['forward_s']}
+  shard = ('' if r['devices'] == 1 else
+           f' (PyTorch: the first device\'s {t["batch"]} images)')
+  print(f'# PyTorch {t["torch"]} on {t["device"]}, autocast {t["autocast"]}, '
+        f'channels_last {t["channels_last"]}')
+  print(f'# parameters: jax {r["params"]:,}  torch {t["params"]:,}  '
+        f'({"equal" if r["params"] == t["params"] else "DIFFERENT"})')
+  print(f'# same weights and batch: inference logits max rel. diff '
+        f'{t["logits_max_rel_diff"]:.2e}; first train-step loss jax '
+        f'{r["first_loss"]:.6f} torch {t["first_loss"]:.6f}{shard}')
+  print(f'# time ratio JAX/PyTorch per device: train step '
+        f'{t["jax_over_torch"]["train_step"]:.2f}, inference '
+        f'{t["jax_over_torch"]["forward"]:.2f} (<1: JAX faster)', flush=True)
+  return {k: v for k, v in t.items() if k != 'forward_logits'}
 
 
 if __name__ == '__main__':

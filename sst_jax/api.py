@@ -12,7 +12,9 @@ Each image is decoded (EXIF orientation applied, alpha composited on white,
 greyscale/palette converted to RGB), fitted into the model's square input
 (aspect kept, padded), run through the network with optional flip and
 multi-scale test-time augmentation, and the logits are bilinearly mapped back
-to the image's original size before the argmax.
+to the image's original size before the argmax. An SCHP checkpoint runs
+SCHP's own pipeline instead: its centred affine fit, BGR normalization and
+logit averaging over test-time views (see ``docs/pretrained.md``).
 """
 
 from __future__ import annotations
@@ -162,8 +164,68 @@ def fit_pad(image: np.ndarray, input_size: int) -> tuple[np.ndarray, Layout]:
                         (0.5 * nh / h - 0.5, 0.5 * nw / w - 0.5), (nh, nw))
 
 
+def _zero_border_taps(coords: np.ndarray,
+                      size: int) -> tuple[np.ndarray, np.ndarray]:
+  """Bilinear taps of sample positions along one axis, zero outside.
+
+  Position ``c`` (pixel-centre units) reads ``(1 - f) * v[i] + f * v[i + 1]``
+  with ``i = floor(c)``, ``f = c - i``; a tap outside ``[0, size)`` reads 0,
+  as OpenCV's ``BORDER_CONSTANT`` with value 0 does.
+
+  Returns:
+    ``(index, weight)``, both ``[N, 2]``: gather indices clipped into range
+    and their weights (0 for taps outside).
+  """
+  lo = np.floor(coords).astype(np.int64)
+  frac = coords - lo
+  index = np.stack([lo, lo + 1], axis=1)
+  weight = np.stack([1.0 - frac, frac], axis=1)
+  weight = np.where((index >= 0) & (index < size), weight, 0.0)
+  return np.clip(index, 0, size - 1), weight
+
+
+def warp_scale_translate(image: np.ndarray, scale: float,
+                         shift: tuple[float, float],
+                         out_size: tuple[int, int]) -> np.ndarray:
+  """``cv2.warpAffine`` of a uint8 image by ``[[k, 0, tx], [0, k, ty]]``.
+
+  Bilinear, zero border, output rounded to uint8: output pixel ``(x, y)``
+  samples the image at ``((x - tx) / k, (y - ty) / k)``. The map has no
+  rotation, so the warp is separable (rows, then columns). OpenCV rounds
+  sample positions to 1/32 pixel and weights to fixed point; this does not,
+  so the two agree exactly where the positions are whole pixels and differ
+  by about a grey level elsewhere.
+
+  Args:
+    image: uint8 ``[H, W, C]``.
+    scale: ``k``.
+    shift: ``(ty, tx)``.
+    out_size: ``(out_h, out_w)``.
+
+  Returns:
+    uint8 ``[out_h, out_w, C]``.
+  """
+  x = image
+  for axis, (t, n) in enumerate(zip(shift, out_size)):
+    index, weight = _zero_border_taps((np.arange(n) - t) / scale,
+                                      image.shape[axis])
+    shape = [1] * x.ndim
+    shape[axis] = n
+    # Gather first: only the sampled rows/columns become float64.
+    x = sum(np.take(x, index[:, j], axis=axis).astype(np.float64)
+            * weight[:, j].reshape(shape) for j in (0, 1))
+  return np.floor(x + 0.5).astype(np.uint8)
+
+
 def fit_schp(image: np.ndarray, input_size: int) -> tuple[np.ndarray, Layout]:
   """SCHP's centred affine fit (``simple_extractor.py``), zero border.
+
+  The map is ``pretrained.schp_affine_matrix``, SCHP's own, applied as
+  SCHP's ``cv2.warpAffine`` does (``warp_scale_translate``). Where it copies
+  pixels (scale 1, integer shift: e.g. a 473 x 473 photo at LIP's input, or
+  one with width 473 and an odd height) the network input equals SCHP's
+  exactly; elsewhere OpenCV's 1/32-pixel positions make the two differ by
+  about a grey level.
 
   Returns:
     ``(SCHP-normalized float32 [S, S, 3] in BGR order, layout)``.
@@ -172,14 +234,8 @@ def fit_schp(image: np.ndarray, input_size: int) -> tuple[np.ndarray, Layout]:
   h, w = image.shape[:2]
   m = pretrained.schp_affine_matrix(h, w, (input_size, input_size))
   k, tx, ty = float(m[0, 0]), float(m[0, 2]), float(m[1, 2])
-  # cv2 maps pixel centres (x_out = k x + t); PIL's AFFINE takes the inverse
-  # map in corner-origin coordinates, hence the half-pixel terms.
-  inverse = (1 / k, 0.0, (-0.5 - tx) / k + 0.5,
-             0.0, 1 / k, (-0.5 - ty) / k + 0.5)
-  warped = Image.fromarray(image).transform(
-      (input_size, input_size), Image.AFFINE, inverse, Image.BILINEAR,
-      fillcolor=(0, 0, 0))
-  canvas = pretrained.schp_preprocess(np.asarray(warped))
+  warped = warp_scale_translate(image, k, (ty, tx), (input_size, input_size))
+  canvas = pretrained.schp_preprocess(warped)
   return canvas, Layout((h, w), (k, k), (ty, tx), (input_size, input_size))
 
 
@@ -220,14 +276,23 @@ class Parser:
     input_size: side of the square network input.
     preprocessing: ``'imagenet'`` (aspect-kept resize, bottom/right pad) or
       ``'schp'`` (SCHP's centred affine fit, BGR normalization).
+    average: how flip / multi-scale views are combined by default:
+      ``'probs'`` (mean probability; sst_jax's evaluation rule) or
+      ``'logits'`` (mean logit; SCHP's rule, the default for SCHP models).
   """
 
   def __init__(self, module, variables, label_domains: Sequence[Any], *,
                input_size: int, preprocessing: str = 'imagenet',
-               default_domain: str | None = None, source: str = ''):
+               default_domain: str | None = None, source: str = '',
+               average: str | None = None):
     if preprocessing not in ('imagenet', 'schp'):
       raise ValueError(f"preprocessing must be 'imagenet' or 'schp', got "
                        f'{preprocessing!r}')
+    average = average or ('logits' if preprocessing == 'schp' else 'probs')
+    if average not in ('probs', 'logits'):
+      raise ValueError(f"average must be 'probs' or 'logits', got "
+                       f'{average!r}')
+    self.average = average
     self.module = module
     self.label_domains = {d.name: d for d in label_domains}
     self.default_domain = default_domain or next(iter(self.label_domains))
@@ -328,15 +393,15 @@ class Parser:
   # Prediction.
 
   def _forward(self, heads: tuple[str, ...], flip: bool,
-               scales: tuple[float, ...]):
-    """The jitted forward for one (heads, flip, scales); jax caches shapes."""
-    key = (heads, flip, scales)
+               scales: tuple[float, ...], average: str):
+    """The jitted forward for one (heads, flip, scales, average)."""
+    key = (heads, flip, scales, average)
     if key not in self._fns:
       perms = ({h: self.label_domains[h].flip_permutation for h in heads}
                if flip else None)
       self._fns[key] = jax.jit(functools.partial(
           steps.predict_logits, model=self._apply_model, heads=heads,
-          flip_perms=perms, scales=scales))
+          flip_perms=perms, scales=scales, average=average))
     return self._fns[key]
 
   def fit(self, image: np.ndarray) -> tuple[np.ndarray, Layout]:
@@ -347,7 +412,8 @@ class Parser:
   def predict_batch(self, images: Sequence[np.ndarray],
                     domains: Sequence[str], *, flip: bool = False,
                     scales: Sequence[float] = (1.0,),
-                    batch_size: int | None = None) -> list[dict]:
+                    batch_size: int | None = None,
+                    average: str | None = None) -> list[dict]:
     """Scores of decoded RGB images at their original sizes.
 
     Args:
@@ -358,10 +424,13 @@ class Parser:
       scales: input scales averaged over.
       batch_size: pad the batch to this many images so that every batch
         reuses one compiled function (default: ``len(images)``).
+      average: ``'probs'`` or ``'logits'``, how several views are combined
+        (default: ``self.average``).
 
     Returns:
-      per image, ``{domain: float32 [H_i, W_i, C]}``: logits (one view) or
-      log of the averaged probabilities (several views).
+      per image, ``{domain: float32 [H_i, W_i, C]}``: logits (one view), the
+      averaged logits (``average='logits'``) or the log of the averaged
+      probabilities (``average='probs'``).
     """
     fitted = [self.fit(im) for im in images]
     batch = np.stack([c for c, _ in fitted])
@@ -370,28 +439,30 @@ class Parser:
       batch = np.concatenate([batch, np.zeros((pad,) + batch.shape[1:],
                                               batch.dtype)])
     fn = self._forward(tuple(domains), bool(flip),
-                       tuple(float(s) for s in scales))
+                       tuple(float(s) for s in scales),
+                       average or self.average)
     logits = jax.device_get(fn(self.variables, batch))
     return [{d: map_back(np.asarray(logits[d][i]), layout) for d in domains}
             for i, (_, layout) in enumerate(fitted)]
 
   def logits(self, image: ImageLike, domain: str | None = None, *,
-             flip: bool = False, scales: Sequence[float] = (1.0,)
-             ) -> np.ndarray:
+             flip: bool = False, scales: Sequence[float] = (1.0,),
+             average: str | None = None) -> np.ndarray:
     """float32 ``[H, W, C]`` scores of one domain at the original size."""
     name, = self.resolve_domains(domain)
     return self.predict_batch([read_image(image)], [name], flip=flip,
-                              scales=scales)[0][name]
+                              scales=scales, average=average)[0][name]
 
   def probabilities(self, image: ImageLike, domain: str | None = None, *,
-                    flip: bool = False, scales: Sequence[float] = (1.0,)
-                    ) -> np.ndarray:
+                    flip: bool = False, scales: Sequence[float] = (1.0,),
+                    average: str | None = None) -> np.ndarray:
     """float32 ``[H, W, C]`` class probabilities at the original size."""
-    return softmax(self.logits(image, domain, flip=flip, scales=scales))
+    return softmax(self.logits(image, domain, flip=flip, scales=scales,
+                               average=average))
 
   def parse(self, image: ImageLike, domain: str | None = None, *,
-            flip: bool = False, scales: Sequence[float] = (1.0,)
-            ) -> np.ndarray:
+            flip: bool = False, scales: Sequence[float] = (1.0,),
+            average: str | None = None) -> np.ndarray:
     """uint8 ``[H, W]`` class ids of ``domain`` at the image's original size.
 
     Args:
@@ -399,20 +470,25 @@ class Parser:
       domain: a head name (default: ``default_domain``).
       flip: flip test-time augmentation.
       scales: multi-scale test-time augmentation, e.g. ``(0.75, 1, 1.25)``.
+      average: ``'probs'`` (mean probability) or ``'logits'`` (mean logit,
+        SCHP's rule) over the views; default ``self.average``.
     """
-    return argmax(self.logits(image, domain, flip=flip, scales=scales))
+    return argmax(self.logits(image, domain, flip=flip, scales=scales,
+                              average=average))
 
   def parse_all(self, image: ImageLike, *, flip: bool = False,
-                scales: Sequence[float] = (1.0,)) -> dict[str, np.ndarray]:
+                scales: Sequence[float] = (1.0,),
+                average: str | None = None) -> dict[str, np.ndarray]:
     """``{domain: uint8 [H, W]}`` for every head (one forward pass)."""
     out = self.predict_batch([read_image(image)], self.domains, flip=flip,
-                             scales=scales)[0]
+                             scales=scales, average=average)[0]
     return {d: argmax(v) for d, v in out.items()}
 
   def __repr__(self):
     return (f'Parser({self.source!r}, domains={list(self.domains)}, '
             f'input_size={self.input_size}, '
-            f'preprocessing={self.preprocessing!r})')
+            f'preprocessing={self.preprocessing!r}, '
+            f'average={self.average!r})')
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -22,16 +22,23 @@ class CheckpointMismatchError(ValueError):
   """A checkpoint was trained with label domains the config does not have."""
 
 
+ITEMS = ('state', 'data', 'metadata')
+
+
 def make_manager(workdir: str, max_to_keep: int = 3,
                  save_interval_steps: int = 1,
                  async_save: bool = True) -> ocp.CheckpointManager:
   path = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  # Handlers (not just item names) so that a reader can ask for an item's
+  # saved tree structure, shapes and dtypes (``restore_state``).
   return ocp.CheckpointManager(
       path,
       options=ocp.CheckpointManagerOptions(
           max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
           enable_async_checkpointing=async_save, create=True),
-      item_names=('state', 'data', 'metadata'))
+      item_handlers={'state': ocp.StandardCheckpointHandler(),
+                     'data': ocp.JsonCheckpointHandler(),
+                     'metadata': ocp.JsonCheckpointHandler()})
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, data_state: dict,
@@ -47,12 +54,81 @@ def restore_metadata(manager: ocp.CheckpointManager, step: int) -> dict:
       metadata=ocp.args.JsonRestore()))['metadata']
 
 
+def restore_state(manager: ocp.CheckpointManager, step: int,
+                  target: Any = None, sharding: Any = None) -> Any:
+  """Restores checkpoint ``step``'s train state for this process.
+
+  Every reader of a checkpoint comes here. The state is always restored
+  against a target built for the current process, never with the shardings
+  it was saved with: a checkpoint written by N devices or processes (a pod
+  slice, ``config.cpu_devices=2``) reads on M, one device or a laptop
+  included. Without a target orbax would rebuild the saved topology and
+  fail with "Topology mismatch".
+
+  Args:
+    manager: from :func:`make_manager`.
+    step: the checkpoint step.
+    target: an abstract state (``jax.ShapeDtypeStruct`` leaves with
+      shardings, e.g. ``parallel.shapes_like(eval_shape(init), repl)``): the
+      state is restored onto exactly that tree (resuming training).
+    sharding: without ``target``, the tree is the checkpoint's own (nested
+      dicts and lists) and every leaf is placed with this sharding (the
+      current mesh's replicated sharding for evaluation or
+      ``config.init_from``); ``None`` restores host numpy arrays (export,
+      predict, ``Parser.load``).
+
+  Returns:
+    the state tree.
+  """
+  if target is None:
+    saved = manager.item_metadata(step)['state']
+    if saved is None:
+      raise FileNotFoundError(
+          f'{manager.directory}/{step}: the checkpoint has no train state')
+    if sharding is None:
+      target = jax.tree.map(lambda m: np.empty(m.shape, m.dtype), saved.tree)
+    else:
+      target = jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+          saved.tree)
+  return manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(target)))['state']
+
+
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
   """Restores state (onto ``abstract_state``'s shardings) and data state."""
-  out = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state),
-      data=ocp.args.JsonRestore()))
-  return out['state'], out['data']
+  state = restore_state(manager, step, target=abstract_state)
+  data = manager.restore(step, args=ocp.args.Composite(
+      data=ocp.args.JsonRestore()))['data']
+  return state, data
+
+
+def open_latest(workdir: str, what: str = 'workdir'
+                ) -> tuple[ocp.CheckpointManager, int, dict]:
+  """A read-only view of ``workdir``'s latest checkpoint.
+
+  Args:
+    workdir: a training workdir.
+    what: how the workdir was given, for messages (e.g.
+      ``'config.init_from'``).
+
+  Returns:
+    ``(manager, step, metadata)``; the caller closes the manager.
+
+  Raises:
+    FileNotFoundError: naming the workdir when it holds no checkpoint.
+  """
+  # Checked first: the manager would otherwise create the directory.
+  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    raise FileNotFoundError(f'{what} {workdir!r} is not a training workdir '
+                            '(no checkpoints/ folder)')
+  manager = make_manager(workdir, async_save=False)
+  step = manager.latest_step()
+  if step is None:
+    manager.close()
+    raise FileNotFoundError(f'{what} {workdir!r}: no checkpoint in '
+                            f'{manager.directory}')
+  return manager, int(step), restore_metadata(manager, step)
 
 
 def check_domains(metadata: dict, domains: Sequence[domains_lib.Domain],
@@ -96,7 +172,3 @@ def check_domains(metadata: dict, domains: Sequence[domains_lib.Domain],
         f'adds {new}; to extend a trained model with new domains, start a new '
         'workdir with config.init_from pointing at this one')
   return new
-
-
-def to_host(tree: Any) -> Any:
-  return jax.tree.map(np.asarray, jax.device_get(tree))

@@ -30,6 +30,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.async_checkpoints = True
   c.transfer_guard = 'allow'  # jax_transfer_guard in the loop ('disallow')
 
+  # Multi-process runs (jax.distributed): how long each process waits for
+  # the slowest one, in seconds. Hosts compile, load data and write at
+  # different speeds (a compilation-cache hit on one, a miss on another).
+  c.multihost = ml_collections.ConfigDict()
+  c.multihost.init_timeout_s = 300      # to connect to the coordinator
+  c.multihost.sync_timeout_s = 1800     # at the start, evaluations and end
+  c.multihost.shutdown_timeout_s = 600  # to finish and disconnect
+
   c.model = ml_collections.ConfigDict()
   c.model.backbone = 'resnet101'
   c.model.width = 64

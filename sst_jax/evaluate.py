@@ -110,7 +110,7 @@ class Evaluator:
     elapsed = time.perf_counter() - t0
     summary = {name: {k: v for k, v in s.items() if k != 'iou_by_class'}
                for name, s in results.items()}
-    lines = '  '.join(f'{n}: mIoU {s["miou"]:.4f}' for n, s in summary.items())
+    lines = '  '.join(summary_line(n, s) for n, s in summary.items())
     writers.echo(f'eval step {step}: {lines}  ({total_images / elapsed:.1f} '
                  f'img/s)')
     if writer is not None:
@@ -129,6 +129,19 @@ class Evaluator:
         visualize.save_png(os.path.join(out_dir, f'{name}_{step:07d}.png'),
                            image)
     return results
+
+
+def summary_line(name: str, scores: dict) -> str:
+  """``lip: mIoU 0.5123 present / 0.5100 all (SCHP's Mean IU)``.
+
+  Both means of ``metrics.scores``: ``miou`` over the classes present in the
+  ground truth, ``miou_all`` over all classes (an absent class scores 0),
+  which is the "Mean IU" that SCHP's ``evaluate.py`` prints
+  (``utils/miou.py``). They differ only when a class never occurs in the
+  evaluated ground truth.
+  """
+  return (f'{name}: mIoU {scores["miou"]:.4f} present / '
+          f'{scores["miou_all"]:.4f} all (SCHP\'s Mean IU)')
 
 
 def _vis_rows(batch, preds, domain, num):
@@ -163,18 +176,14 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
   domains = train.validate_config(config)
   mesh = parallel.make_mesh(config.num_devices or None)
   model, _ = train.build_models(config, domains)
-  manager = checkpointing.make_manager(workdir, async_save=False)
-  step = manager.latest_step()
-  if step is None:
-    raise FileNotFoundError(f'no checkpoint in {manager.directory}')
-  meta = checkpointing.restore_metadata(manager, step)
+  manager, step, meta = checkpointing.open_latest(workdir)
   checkpointing.check_domains(meta, domains, manager.directory)
-  raw = manager.restore(step, args=checkpointing.ocp.args.Composite(
-      state=checkpointing.ocp.args.StandardRestore()))['state']
-  variables = parallel.replicate(
-      steps.parser_variables(raw['params'], raw['model_state']), mesh)
+  raw = checkpointing.restore_state(manager, step,
+                                    sharding=parallel.replicated(mesh))
+  manager.close()
+  variables = steps.parser_variables(raw['params'], raw['model_state'])
   writer = writers.MetricWriter(workdir)
-  logging.info('evaluating %s step %d', manager.directory, step)
+  logging.info('evaluating %s step %d', workdir, step)
   results = evaluate(config, variables, model, mesh, domains, step=step,
                      workdir=workdir, writer=writer)
   writer.close()

@@ -66,21 +66,11 @@ def load_checkpoint(workdir: str) -> tuple[dict, dict, dict, int]:
   Raises:
     FileNotFoundError: if the workdir holds no checkpoint.
   """
-  # Checked first: the manager would otherwise create the directory.
-  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
-    raise FileNotFoundError(f'{workdir} is not a training workdir (no '
-                            'checkpoints/ folder)')
-  manager = checkpointing.make_manager(workdir, async_save=False)
-  step = manager.latest_step()
-  if step is None:
-    raise FileNotFoundError(f'no checkpoint in {manager.directory}')
-  meta = checkpointing.restore_metadata(manager, step)
-  raw = manager.restore(step, args=checkpointing.ocp.args.Composite(
-      state=checkpointing.ocp.args.StandardRestore()))['state']
-  params = checkpointing.to_host(raw['params'])
-  model_state = checkpointing.to_host(raw['model_state'])
+  manager, step, meta = checkpointing.open_latest(workdir)
+  raw = checkpointing.restore_state(manager, step)
   manager.close()
-  return meta, params, model_state, int(step)
+  params, model_state = raw['params'], raw['model_state']
+  return meta, params, model_state, step
 
 
 def select_heads(metadata: dict, heads: Sequence[str] | None = None

@@ -41,10 +41,14 @@ def main(argv):
     # lines; --verbosity=0 brings them back.
     logging.set_verbosity(logging.WARNING)
   parallel.split_cpu(FLAGS.config.cpu_devices)
-  if FLAGS.multihost or FLAGS.coordinator_address:
-    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                               num_processes=FLAGS.num_processes,
-                               process_id=FLAGS.process_id)
+  timeouts = FLAGS.config.multihost
+  distributed = FLAGS.multihost or FLAGS.coordinator_address
+  if distributed:
+    jax.distributed.initialize(
+        coordinator_address=FLAGS.coordinator_address,
+        num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
+        initialization_timeout=int(timeouts.init_timeout_s),
+        shutdown_timeout_seconds=int(timeouts.shutdown_timeout_s))
   if FLAGS.compilation_cache:
     jax.config.update('jax_compilation_cache_dir',
                       os.path.expanduser(FLAGS.compilation_cache))
@@ -52,6 +56,11 @@ def main(argv):
   logging.info('JAX process %d/%d, local devices %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  if distributed:
+    # Process 0 finishes later (it writes the last images and events): the
+    # others wait here rather than in jax.distributed's shutdown barrier.
+    parallel.sync_processes('end', timeouts.sync_timeout_s)
+    jax.distributed.shutdown()
 
 
 if __name__ == '__main__':

@@ -39,8 +39,11 @@ def scores(confusion: np.ndarray, class_names=None) -> dict:
     dict with ``miou`` (mean over classes present in the ground truth),
     ``miou_all`` (mean over all classes; a class with no ground truth and no
     prediction scores 0), ``pixel_acc``, ``mean_acc`` (over present classes),
-    ``iou`` (per class, NaN where a class has neither ground truth nor
-    prediction) and ``iou_by_class`` when ``class_names`` is given.
+    ``mean_acc_all`` (over all classes, absent ones scoring 0), ``iou`` (per
+    class, NaN where a class has neither ground truth nor prediction) and
+    ``iou_by_class`` when ``class_names`` is given. ``miou_all``,
+    ``pixel_acc`` and ``mean_acc_all`` are SCHP's "Mean IU", "Pixel
+    accuracy" and "Mean accuracy" (its ``utils/miou.py``).
   """
   conf = np.asarray(confusion, np.float64)
   tp = np.diag(conf)
@@ -58,6 +61,7 @@ def scores(confusion: np.ndarray, class_names=None) -> dict:
       'pixel_acc': float(tp.sum() / max(conf.sum(), 1)),
       'mean_acc': float(np.mean(acc[present])) if present.any()
                   else float('nan'),
+      'mean_acc_all': float(np.mean(np.nan_to_num(acc))),
       'iou': iou,
   }
   if class_names is not None:

@@ -107,6 +107,44 @@ def replicate(tree, mesh):
   return jax.tree.map(put, tree)
 
 
+_barriers = {}  # barrier name -> times used, for unique barrier ids
+
+
+def sync_processes(name: str, timeout_s: float) -> None:
+  """Waits until every process reaches ``name``; a no-op with one process.
+
+  Hosts reach the same point of a run at different times: one compiles
+  while another finds its program in the compilation cache, one renders or
+  reads data longer, process 0 writes images and events after an
+  evaluation. A device collective is no place to wait for that: the CPU
+  backend's gloo collectives give up after about 30 s (``Gloo context
+  initialization failed: DEADLINE_EXCEEDED``), and ``jax.experimental.
+  multihost_utils.sync_global_devices`` is itself such a collective. This
+  barrier lives in ``jax.distributed``'s coordination service instead, with
+  the caller's timeout (``config.multihost.sync_timeout_s``).
+
+  Args:
+    name: where the processes meet; every process passes the same names in
+      the same order.
+    timeout_s: how long to wait for the slowest process.
+
+  Raises:
+    RuntimeError: naming the barrier when a process has not arrived in time.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # the coordination service's client
+  count = _barriers[name] = _barriers.get(name, 0) + 1
+  try:
+    distributed.global_state.client.wait_at_barrier(
+        f'sst_jax/{name}/{count}', int(timeout_s * 1000))
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    raise RuntimeError(
+        f'process {jax.process_index()}: not every process reached {name!r} '
+        f'within {timeout_s:.0f} s (config.multihost.sync_timeout_s): {e}'
+    ) from e
+
+
 def constant(fn, mesh):
   """Evaluates ``fn()`` directly into replicated arrays on the mesh."""
   return jax.jit(fn, out_shardings=replicated(mesh))()

@@ -3,8 +3,9 @@ r"""Parse your own images: index PNGs, colour PNGs, overlays, probabilities.
     python -m sst_jax.predict --model=<workdir | export dir | schp.pth> \
         --input=<files or folders, comma-separated> --output=<dir> \
         [--domain=<name>|all] [--flip] [--scales=0.75,1,1.25] \
-        [--batch_size=8] [--input_size=N] [--save_probs] \
-        [--schp_domain=lip|atr|pascal_person_part] [--contact_sheet=PATH]
+        [--average=probs|logits] [--batch_size=8] [--input_size=N] \
+        [--save_probs] [--schp_domain=lip|atr|pascal_person_part] \
+        [--contact_sheet=PATH]
 
 For every readable image and every selected domain it writes, into
 ``--output``:
@@ -14,6 +15,13 @@ For every readable image and every selected domain it writes, into
 * ``<stem>_<domain>_color.png``: the label map in the domain's palette;
 * ``<stem>_<domain>_overlay.png``: the colours blended over the photo;
 * ``<stem>_<domain>_probs.npy`` (``--save_probs``): float16 ``[H, W, C]``.
+
+With ``--flip``/``--scales`` the views are combined by ``--average``: mean
+probability (``probs``, the default for sst_jax models) or mean logit
+(``logits``, SCHP's rule and the default for SCHP checkpoints). An SCHP
+checkpoint (``--schp_domain``) runs SCHP's ``simple_extractor.py`` pipeline:
+its label PNGs are SCHP's where SCHP's warp copies pixels (see
+``docs/pretrained.md``).
 
 Outputs have the image's original size (after EXIF orientation). Folders are
 read non-recursively (files with an extension PIL knows). An image that
@@ -142,12 +150,13 @@ def predict_files(parser: api.Parser, paths: Sequence[str], output: str,
                   domains: Sequence[str], *, flip: bool = False,
                   scales: Sequence[float] = (1.0,), batch_size: int = 8,
                   save_probs: bool = False,
-                  contact_sheet_path: str | None = None
-                  ) -> tuple[int, list[str]]:
+                  contact_sheet_path: str | None = None,
+                  average: str | None = None) -> tuple[int, list[str]]:
   """Parses ``paths`` in batches and writes their outputs.
 
   Every batch is padded to ``batch_size`` so one compiled function serves
   the whole run (all images share the model's square input size).
+  ``average`` combines test-time views (default: ``parser.average``).
 
   Returns:
     ``(number parsed, failure messages)``.
@@ -169,7 +178,7 @@ def predict_files(parser: api.Parser, paths: Sequence[str], output: str,
               file=sys.stderr, flush=True)
     if images:
       scores = parser.predict_batch(images, domains, flip=flip, scales=scales,
-                                    batch_size=batch_size)
+                                    batch_size=batch_size, average=average)
       for image, stem, sc in zip(images, names, scores):
         labels = write_outputs(output, stem, image, sc, parser.label_domains,
                                save_probs)
@@ -208,6 +217,10 @@ def _arg_parser() -> argparse.ArgumentParser:
   ap.add_argument('--flip', action='store_true', help='flip TTA')
   ap.add_argument('--scales', type=_floats, default=(1.0,),
                   help='multi-scale TTA, e.g. 0.75,1,1.25')
+  ap.add_argument('--average', choices=('probs', 'logits'), default=None,
+                  help='how TTA views are combined: mean probability or '
+                  "mean logit (default: the model's, logits for SCHP "
+                  'checkpoints as in SCHP, probs otherwise)')
   ap.add_argument('--batch_size', type=int, default=8)
   ap.add_argument('--input_size', type=int, default=None,
                   help='network input side (default: the training '
@@ -248,7 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   num_ok, failures = predict_files(
       parser, paths, args.output, domains, flip=args.flip,
       scales=args.scales, batch_size=args.batch_size,
-      save_probs=args.save_probs, contact_sheet_path=args.contact_sheet)
+      save_probs=args.save_probs, contact_sheet_path=args.contact_sheet,
+      average=args.average)
   elapsed = time.perf_counter() - t0
   print(f'parsed {num_ok} of {len(paths)} images ({len(failures)} failed) '
         f'for {", ".join(domains)} into {args.output} in {elapsed:.1f}s',

@@ -137,18 +137,27 @@ def train_step(state: TrainState, batch: dict, rng, *, model, sst_model,
 
 def predict_logits(variables, image, *, model, heads: Sequence[str],
                    flip_perms: dict[str, np.ndarray] | None = None,
-                   scales: Sequence[float] = (1.0,)) -> dict:
+                   scales: Sequence[float] = (1.0,),
+                   average: str = 'probs') -> dict:
   """Logits at input resolution, averaged over scales and flips.
 
-  Probabilities (softmax) are averaged over test-time augmentations and
-  returned as log-probabilities when there is more than one view, else the
-  raw logits.
+  With one view the raw logits are returned. With several, ``average``
+  picks the rule: ``'probs'`` averages the probabilities (softmax) and
+  returns their log; ``'logits'`` averages the logits themselves, SCHP's
+  rule (its ``evaluate.py``), which the argmax of ``'probs'`` need not
+  match.
 
   Args:
     flip_perms: ``{head: permutation}`` to add the flipped view; the flipped
       prediction's left/right channels are swapped back with the domain's
       flip permutation before averaging.
+    average: ``'probs'`` or ``'logits'``.
+
+  Raises:
+    ValueError: on another ``average``.
   """
+  if average not in ('probs', 'logits'):
+    raise ValueError(f"average must be 'probs' or 'logits', got {average!r}")
   size = image.shape[1:3]
   views = {h: [] for h in heads}
   for s in scales:
@@ -165,6 +174,8 @@ def predict_logits(variables, image, *, model, heads: Sequence[str],
         views[h].append(lg)
   if len(scales) == 1 and not flip_perms:
     return {h: v[0] for h, v in views.items()}
+  if average == 'logits':
+    return {h: jnp.mean(jnp.stack(vs), axis=0) for h, vs in views.items()}
   return {h: jnp.log(jnp.mean(jnp.stack(
       [jax.nn.softmax(v, axis=-1) for v in vs]), axis=0) + 1e-12)
           for h, vs in views.items()}

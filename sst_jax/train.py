@@ -181,16 +181,12 @@ def merge_into(fresh, loaded, path=()):
 
 def load_init_from(config, domains, state):
   """Initializes params/model_state from another workdir's latest checkpoint."""
-  manager = checkpointing.make_manager(config.init_from, async_save=False)
-  step = manager.latest_step()
-  if step is None:
-    raise FileNotFoundError(f'config.init_from={config.init_from!r} has no '
-                            'checkpoint')
-  meta = checkpointing.restore_metadata(manager, step)
+  manager, step, meta = checkpointing.open_latest(config.init_from,
+                                                 'config.init_from')
   new = checkpointing.check_domains(meta, domains, config.init_from,
                                     allow_new=True)
-  raw = manager.restore(step, args=checkpointing.ocp.args.Composite(
-      state=checkpointing.ocp.args.StandardRestore()))['state']
+  raw = checkpointing.restore_state(manager, step, sharding=state.step.sharding)
+  manager.close()
   params = merge_into(jax.device_get(state.params), raw['params'])
   model_state = merge_into(jax.device_get(state.model_state),
                            raw['model_state'])
@@ -363,7 +359,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   eval_compiled = final_compiled = None
   rng = parallel.constant(lambda: jax.random.key(config.seed + 1), mesh)
   if sequential:
+    # In order on every process, and compiled before the first step: the
+    # processes then meet at the barrier below, not in a collective.
     data_iter = make_iterator(first_index)
+    if start_step < config.total_steps:
+      precompile_train_step(train_step, abstract, rng, spec, mesh)
+    precompile_evaluation()
   else:
     pool = futures.ThreadPoolExecutor(1, thread_name_prefix='compile')
     try:
@@ -417,8 +418,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       extra = sst_lib.association_images(
           assoc_fn(state.params['sst'], state.model_state['sst_memory']),
           domains)
-    return evaluator(variables, step=step, workdir=workdir, writer=writer,
-                     extra_images=extra)
+    scores = evaluator(variables, step=step, workdir=workdir, writer=writer,
+                       extra_images=extra)
+    # Process 0 writes the images and events; the others wait here.
+    parallel.sync_processes('evaluated', config.multihost.sync_timeout_s)
+    return scores
 
   # Train loop.
   writers.echo(f'training steps {start_step + 1}-{config.total_steps}: '
@@ -427,12 +431,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   progress = writers.Progress(config.total_steps, start_step, global_batch)
   pending, last_flush, results = [], start_step, None
   step = start_step
+  parallel.sync_processes('training start', config.multihost.sync_timeout_s)
   t_start = time.perf_counter()
   while step < config.total_steps:
     if step == switch and step != start_step:
       if final_compiled is not None:
         final_compiled.result()  # rather than compiling it a second time
       data_iter = make_iterator(step)
+      if sequential:
+        precompile_train_step(train_step, abstract, rng,
+                              pipeline.train_batch_spec(
+                                  phase_data_config(switch), global_batch),
+                              mesh)
+        parallel.sync_processes('final crop phase',
+                                config.multihost.sync_timeout_s)
     batch = parallel.shard_batch(next(data_iter), mesh)
     state, metrics = train_step(state, batch, rng)
     step += 1

@@ -57,3 +57,21 @@ def test_compare_step_forward_times_the_inference_pass(capsys):
   rows = [l for l in lines if re.match(r'\s+[\d.]+ ms', l)]
   assert [r.split('[')[-1] for r in rows] == ['model.residual_relu=max]',
                                               'unchanged]'], lines
+
+
+def test_count_flops_grows_with_the_image_and_counts_the_backward():
+  import count_flops  # pylint: disable=g-import-not-at-top
+  import train_step  # pylint: disable=g-import-not-at-top
+  import argparse
+  parser = argparse.ArgumentParser()
+  train_step.add_model_flags(parser)
+  counts = {}
+  for size in (32, 64):
+    args = train_step.apply_preset(parser.parse_args(
+        ['--preset=tiny', f'--resolution={size}', '--batch=2']))
+    args.num_devices = 0
+    counts[size] = count_flops.count(train_step.load_config('baseline', args))
+  # A fully convolutional network: 4x the pixels, about 4x the FLOPs.
+  assert 3.5 < counts[64]['forward'] / counts[32]['forward'] < 4.5
+  # The train step runs the forward, the backward (~2x) and the update.
+  assert 2.5 < counts[32]['train'] / counts[32]['forward'] < 4.0

@@ -7,8 +7,10 @@ two runs see the same global batches and compute the same update: losses and
 parameters agree to 1e-5 (relative). Then the multi-process run is resumed
 from its checkpoint and must continue to the new final step.
 
-The slowest test of the suite (three short training runs, ~3-4 minutes on a
-2-core CPU): most of it is XLA compilation in each process.
+The resumed run holds one process back by 45 s (``tests/slow_process.py``):
+the others must wait for it, not fail in a collective. The slowest test of
+the suite (three short training runs, ~4-5 minutes on a 2-core CPU): most of
+it is XLA compilation in each process and the 45 s wait.
 """
 
 import json
@@ -22,6 +24,9 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LAUNCH = REPO / 'launch' / 'local_multiprocess.sh'
+SLOW = REPO / 'tests' / 'slow_process.py'
+# Longer than the CPU collectives' own wait (gloo gives up after ~30 s).
+SLOW_SECONDS = 45
 STEPS = 2
 RESUME_STEPS = 4
 # Eval stays on (train.py always evaluates the final step) but is tiny.
@@ -41,8 +46,20 @@ def _flags(overrides):
   return [f'--config.{k}={v}' for k, v in overrides.items()]
 
 
-def _run_multiprocess(workdir, overrides):
-  env = dict(os.environ, PYTHON=sys.executable)
+def _run_multiprocess(workdir, overrides, slow_process=None):
+  """Runs the launcher; ``slow_process=(i, seconds)`` holds process i back."""
+  python = sys.executable
+  if slow_process is not None:
+    # The launcher calls $PYTHON for sst_jax.main (and for a free port).
+    python = str(pathlib.Path(workdir) / 'python_with_slow_process')
+    pathlib.Path(python).write_text(
+        '#!/usr/bin/env bash\n'
+        'if [[ "$1" == -m ]]; then\n'
+        f'  exec {sys.executable} {SLOW} {slow_process[0]} {slow_process[1]} '
+        '"$@"\nfi\n'
+        f'exec {sys.executable} "$@"\n')
+    os.chmod(python, 0o755)
+  env = dict(os.environ, PYTHON=python)
   cmd = ['bash', str(LAUNCH), '2', '4', str(workdir),
          '--config=configs/tiny.py:baseline'] + _flags(overrides)
   proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True,
@@ -71,25 +88,12 @@ def _train_losses(workdir) -> dict[int, float]:
   return {r['step']: r['loss'] for r in records if r['kind'] == 'train'}
 
 
-def _restore_state(workdir, step, like=None):
-  """Restores ``state`` onto this process's first device.
-
-  A checkpoint written by another topology (the 2-process run) needs a
-  target: ``like`` gives the tree's shapes and dtypes.
-  """
-  import jax
+def _restore_state(workdir, step):
+  """Restores ``state`` as host arrays, whatever topology wrote it."""
   from sst_jax import checkpointing
   manager = checkpointing.make_manager(str(workdir), async_save=False)
   assert step in manager.all_steps(), (workdir, manager.all_steps())
-  ocp = checkpointing.ocp
-  target = None
-  if like is not None:
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-        like)
-  state = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(target)))['state']
+  state = checkpointing.restore_state(manager, step)
   manager.close()
   return state
 
@@ -119,7 +123,7 @@ def test_multiprocess_matches_single_process(runs):
         step, losses_multi[step], losses_single[step])
 
   state_single = _restore_state(single, STEPS)
-  state_multi = _restore_state(multi, STEPS, like=state_single)
+  state_multi = _restore_state(multi, STEPS)
   assert int(state_multi['step']) == int(state_single['step']) == STEPS
   for part in ('params', 'model_state'):
     flat_multi = jax.tree_util.tree_flatten_with_path(state_multi[part])[0]
@@ -131,9 +135,16 @@ def test_multiprocess_matches_single_process(runs):
       assert err < 1e-5, (part, jax.tree_util.keystr(path), err)
 
 
-def test_multiprocess_resumes_from_checkpoint(runs):
-  multi, single = runs
-  _run_multiprocess(multi, dict(OVERRIDES, total_steps=RESUME_STEPS))
+def test_multiprocess_resumes_from_checkpoint_with_a_slow_process(runs):
+  """Resumes, with process 1 reaching the first step 45 s after process 0.
+
+  A host that starts its input pipeline (or compiles) later must not make
+  the others fail in the first collective or at shutdown: every process
+  waits at ``parallel.sync_processes`` and exits 0.
+  """
+  multi, _ = runs
+  _run_multiprocess(multi, dict(OVERRIDES, total_steps=RESUME_STEPS),
+                    slow_process=(1, SLOW_SECONDS))
   log = (multi / 'logs' / 'process_0.log').read_text()
   assert f'resuming from {multi}' in log, log[-2000:]
   losses = _train_losses(multi)
@@ -141,6 +152,5 @@ def test_multiprocess_resumes_from_checkpoint(runs):
   # run starts after the checkpoint instead of from scratch.
   assert sorted(losses) == list(range(1, RESUME_STEPS + 1))
   assert all(np.isfinite(v) for v in losses.values())
-  like = _restore_state(single, STEPS)
-  state = _restore_state(multi, RESUME_STEPS, like=like)
+  state = _restore_state(multi, RESUME_STEPS)
   assert int(state['step']) == RESUME_STEPS

@@ -2,7 +2,9 @@
 
 The PyTorch reference models are written here (torchvision's and SCHP's
 module and parameter names, random weights and BatchNorm statistics, eval
-mode) so that no weight is downloaded and torchvision is not needed.
+mode) so that no weight is downloaded and torchvision is not needed. The
+SCHP model here stands in for SCHP's own code where that is not installed;
+``test_schp_parity.py`` checks against SCHP's real code.
 """
 
 import jax
@@ -30,14 +32,15 @@ ATOL = 1e-4
 class TVBasicBlock(nn.Module):
   expansion = 1
 
-  def __init__(self, inplanes, planes, stride=1, dilation=1, downsample=None):
+  def __init__(self, inplanes, planes, stride=1, dilation=1, downsample=None,
+               norm=nn.BatchNorm2d):
     super().__init__()
     self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, dilation, dilation,
                            bias=False)
-    self.bn1 = nn.BatchNorm2d(planes)
+    self.bn1 = norm(planes)
     self.conv2 = nn.Conv2d(planes, planes, 3, 1, dilation, dilation,
                            bias=False)
-    self.bn2 = nn.BatchNorm2d(planes)
+    self.bn2 = norm(planes)
     self.downsample = downsample
 
   def forward(self, x):
@@ -50,15 +53,16 @@ class TVBasicBlock(nn.Module):
 class TVBottleneck(nn.Module):
   expansion = 4
 
-  def __init__(self, inplanes, planes, stride=1, dilation=1, downsample=None):
+  def __init__(self, inplanes, planes, stride=1, dilation=1, downsample=None,
+               norm=nn.BatchNorm2d):
     super().__init__()
     self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-    self.bn1 = nn.BatchNorm2d(planes)
+    self.bn1 = norm(planes)
     self.conv2 = nn.Conv2d(planes, planes, 3, stride, dilation, dilation,
                            bias=False)
-    self.bn2 = nn.BatchNorm2d(planes)
+    self.bn2 = norm(planes)
     self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
-    self.bn3 = nn.BatchNorm2d(planes * 4)
+    self.bn3 = norm(planes * 4)
     self.downsample = downsample
 
   def forward(self, x):
@@ -69,16 +73,18 @@ class TVBottleneck(nn.Module):
     return F.relu(x + y)
 
 
-def _make_layer(inplanes, block, planes, blocks, stride, dilations):
+def _make_layer(inplanes, block, planes, blocks, stride, dilations,
+                norm=nn.BatchNorm2d):
   """torchvision/SCHP ``_make_layer``; ``dilations[j]`` for block j."""
   downsample = None
   if stride != 1 or inplanes != planes * block.expansion:
     downsample = nn.Sequential(
         nn.Conv2d(inplanes, planes * block.expansion, 1, stride, bias=False),
-        nn.BatchNorm2d(planes * block.expansion))
-  layers = [block(inplanes, planes, stride, dilations[0], downsample)]
+        norm(planes * block.expansion))
+  layers = [block(inplanes, planes, stride, dilations[0], downsample, norm)]
   for j in range(1, blocks):
-    layers.append(block(planes * block.expansion, planes, 1, dilations[j]))
+    layers.append(block(planes * block.expansion, planes, 1, dilations[j],
+                        norm=norm))
   return nn.Sequential(*layers), planes * block.expansion
 
 
@@ -111,11 +117,27 @@ class TVResNet(nn.Module):
     return feats
 
 
-class ABN(nn.BatchNorm2d):
-  """Stands in for InPlaceABNSync: BatchNorm + LeakyReLU(0.01), same keys."""
+class InPlaceABN(nn.BatchNorm2d):
+  """Stands in for SCHP's InPlaceABNSync (eval mode), same keys.
+
+  InPlace-ABN scales by ``|weight| + eps`` (``inplace_abn_cpu.cpp``), then
+  applies its activation (none in SCHP's backbone).
+  """
+
+  def __init__(self, num_features, activation='none'):
+    super().__init__(num_features)
+    self.activation = activation
 
   def forward(self, x):
-    return F.leaky_relu(super().forward(x), 0.01)
+    x = F.batch_norm(x, self.running_mean, self.running_var,
+                     self.weight.abs() + self.eps, self.bias, False, 0.0,
+                     self.eps)
+    return F.leaky_relu(x, 0.01) if self.activation == 'leaky_relu' else x
+
+
+def ABN(num_features):  # pylint: disable=invalid-name
+  """SCHP's head ``InPlaceABNSync``: InPlace-ABN + LeakyReLU(0.01)."""
+  return InPlaceABN(num_features, 'leaky_relu')
 
 
 def up(x, size):
@@ -184,19 +206,20 @@ class TorchAugmentCE2P(nn.Module):
   def __init__(self, num_classes, sizes=(3, 4, 23, 3), width=64,
                context=512, edge=256, decoder=256, skip=48, fusion=256):
     super().__init__()
+    # SCHP's backbone BatchNorm2d is InPlaceABNSync(activation='none').
     self.conv1 = nn.Conv2d(3, width, 3, 2, 1, bias=False)
-    self.bn1 = nn.BatchNorm2d(width)
+    self.bn1 = InPlaceABN(width)
     self.conv2 = nn.Conv2d(width, width, 3, 1, 1, bias=False)
-    self.bn2 = nn.BatchNorm2d(width)
+    self.bn2 = InPlaceABN(width)
     self.conv3 = nn.Conv2d(width, width * 2, 3, 1, 1, bias=False)
-    self.bn3 = nn.BatchNorm2d(width * 2)
+    self.bn3 = InPlaceABN(width * 2)
     inplanes = width * 2
     chans = []
     # layer4: stride 1, dilation 2, multi_grid (1, 1, 1) -> every block d=2.
     for i, (n, stride, d) in enumerate(zip(sizes, (1, 2, 2, 1),
                                            (1, 1, 1, 2))):
       layer, inplanes = _make_layer(inplanes, TVBottleneck, width * 2**i, n,
-                                    stride, [d] * n)
+                                    stride, [d] * n, norm=InPlaceABN)
       setattr(self, f'layer{i + 1}', layer)
       chans.append(inplanes)
     self.context_encoding = PSPModule(chans[3], context)
@@ -223,7 +246,11 @@ class TorchAugmentCE2P(nn.Module):
 
 
 def randomize_(model, seed=0):
-  """Random weights and BatchNorm statistics that keep activations O(1)."""
+  """Random weights and BatchNorm statistics that keep activations O(1).
+
+  About a third of the InPlace-ABN weights are negative (InPlace-ABN ignores
+  their sign; a plain BatchNorm reading of them would not).
+  """
   g = torch.Generator().manual_seed(seed)
   with torch.no_grad():
     for m in model.modules():
@@ -236,6 +263,9 @@ def randomize_(model, seed=0):
       elif isinstance(m, nn.BatchNorm2d):
         c = m.num_features
         m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+        if isinstance(m, InPlaceABN):
+          m.weight.mul_(torch.where(torch.rand(c, generator=g) < 0.3, -1.0,
+                                    1.0))
         m.bias.copy_(torch.randn(c, generator=g) * 0.1)
         m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
         m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
@@ -498,10 +528,25 @@ def test_schp_affine_matrix_centres_and_fits_the_image():
   m = pretrained.schp_affine_matrix(101, 201, (473, 473))
   corners = np.array([[0, 0, 1], [200, 100, 1], [100, 50, 1]], np.float32)
   out = corners @ m.T
-  # The wide image spans the full input width and is centred vertically.
+  # The wide image's first and last pixel centres land on the input's first
+  # and last (SCHP maps onto [0, size - 1]); it is centred vertically.
   np.testing.assert_allclose(out[0, 0], 0.0, atol=1e-4)
-  np.testing.assert_allclose(out[1, 0], 473.0, atol=1e-3)
-  np.testing.assert_allclose(out[2], [236.5, 236.5], atol=1e-3)
+  np.testing.assert_allclose(out[1, 0], 472.0, atol=1e-3)
+  np.testing.assert_allclose(out[2], [236.0, 236.0], atol=1e-3)
+  # An image of the input's size is copied: identity.
+  np.testing.assert_array_equal(
+      pretrained.schp_affine_matrix(473, 473, (473, 473)),
+      [[1, 0, 0], [0, 1, 0]])
+
+
+def test_inplace_abn_weights_become_abs_plus_eps():
+  _, checkpoint = _schp_checkpoint(20)
+  weight = checkpoint['state_dict']['module.edge.conv1.1.weight'].numpy()
+  assert (weight < 0).any()
+  _, variables = pretrained.import_schp(checkpoint, 'lip')
+  np.testing.assert_array_equal(
+      variables['params']['edge']['conv1']['bn']['scale'],
+      np.abs(weight) + np.float32(1e-5))
 
 
 def test_schp_checkpoint_initializes_a_parser_backbone(tmp_path):
@@ -526,6 +571,11 @@ def test_schp_checkpoint_initializes_a_parser_backbone(tmp_path):
   np.testing.assert_array_equal(
       loaded['batch_stats']['backbone']['layer4_2']['bn2']['mean'],
       state['layer4.2.bn2.running_mean'])
+  # An SCHP checkpoint's norms are InPlace-ABN: |weight| + eps.
+  assert (state['layer1.0.bn1.weight'] < 0).any()
+  np.testing.assert_array_equal(
+      loaded['params']['backbone']['layer1_0']['bn1']['scale'],
+      pretrained.inplace_abn_scale(state['layer1.0.bn1.weight']))
   # The backbone computes what SCHP's backbone computes.
   module, schp_vars = pretrained.import_schp(path, 'lip')
   image = random_image(64, seed=5)

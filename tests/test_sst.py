@@ -350,9 +350,7 @@ def test_extending_with_a_new_domain_keeps_old_parameters(tmp_path):
     old.data.max_eval_examples = 8
   workdir = str(tmp_path / 'old')
   train.train_and_evaluate(old, workdir)
-  raw = checkpointing.make_manager(workdir).restore(
-      2, args=checkpointing.ocp.args.Composite(
-          state=checkpointing.ocp.args.StandardRestore()))['state']
+  raw = checkpointing.restore_state(checkpointing.make_manager(workdir), 2)
 
   new = tiny.get_config('sst')
   with new.unlocked():

@@ -68,8 +68,7 @@ def replicated_setup(config, mesh):
 def load_state(workdir, step=None):
   manager = checkpointing.make_manager(workdir, async_save=False)
   step = manager.latest_step() if step is None else step
-  return manager.restore(step, args=checkpointing.ocp.args.Composite(
-      state=checkpointing.ocp.args.StandardRestore()))['state']
+  return checkpointing.restore_state(manager, step)
 
 
 def assert_trees_close(a, b, rtol=1e-5, atol=1e-6):

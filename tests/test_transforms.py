@@ -105,6 +105,12 @@ def test_flip_tta_swaps_the_right_channels(name):
     wrong = jnp.log((jax.nn.softmax(plain) +
                      jax.nn.softmax(flipped[:, :, ::-1])) / 2)
     assert not np.allclose(got, wrong, atol=1e-3)
+  # SCHP's rule: the mean of the two views' logits.
+  mean_logits = steps.predict_logits(
+      variables, image, model=model, heads=(name,),
+      flip_perms={name: d.flip_permutation}, average='logits')[name]
+  np.testing.assert_allclose(mean_logits, (plain + unflipped) / 2, atol=1e-5)
+  assert not np.allclose(mean_logits, got, atol=1e-3)
 
 
 class StrideFourModel(nn.Module):

@@ -19,7 +19,10 @@ the target leaves that received nothing are returned in an ``ImportReport``.
 Conv kernels go from PyTorch's OIHW to Flax's HWIO; BatchNorm
 ``weight``/``bias``/``running_mean``/``running_var`` become
 ``scale``/``bias``/``mean``/``var``; ``fc.*`` and ``num_batches_tracked`` are
-ignored.
+ignored. Every normalization layer of SCHP is an InPlace-ABN, which scales by
+``|weight| + eps`` where BatchNorm scales by ``weight``: SCHP weights are
+imported with that scale (``inplace_abn_scale``), so the Flax BatchNorm
+computes what SCHP's layer computes.
 """
 
 from __future__ import annotations
@@ -115,11 +118,15 @@ def schp_affine_matrix(height: int, width: int,
                        input_size: tuple[int, int]) -> np.ndarray:
   """SCHP's image -> network-input affine map (``simple_extractor.py``).
 
-  SCHP centres the whole image (box ``[0, 0, w - 1, h - 1]``) in the network
-  input, scaled uniformly so that it fits the input's aspect ratio (rotation
-  0); the rest is zero-padded. This returns the ``[2, 3]`` matrix of
-  ``cv2.warpAffine(image, M, (in_w, in_h))``; its inverse maps the upsampled
-  logits back onto the image.
+  SCHP's ``get_affine_transform`` centres the image box
+  ``[0, 0, w - 1, h - 1]`` in the network input and scales it uniformly so
+  that the box, widened or heightened to the input's aspect ratio, spans
+  pixel centres ``0 .. in_w - 1``: the scale is ``(in_w - 1) / box_w`` and
+  the box centre lands on ``((in_w - 1) / 2, (in_h - 1) / 2)`` (rotation 0);
+  the rest is zero-padded. A square ``in x in`` image is thus copied
+  unchanged. This returns the ``[2, 3]`` matrix of
+  ``cv2.warpAffine(image, M, (in_w, in_h))`` (pixel-centre coordinates); its
+  inverse maps the upsampled logits back onto the image.
 
   Args:
     height, width: the image size.
@@ -138,9 +145,43 @@ def schp_affine_matrix(height: int, width: int,
     h = w / aspect
   else:
     w = h * aspect
-  k = in_w / w
-  return np.array([[k, 0.0, in_w * 0.5 - k * center[0]],
-                   [0.0, k, in_h * 0.5 - k * center[1]]], np.float32)
+  k = (in_w - 1) / w
+  return np.array([[k, 0.0, (in_w - 1) * 0.5 - k * center[0]],
+                   [0.0, k, (in_h - 1) * 0.5 - k * center[1]]], np.float32)
+
+
+# --------------------------------------------------------------------------
+# InPlace-ABN.
+# --------------------------------------------------------------------------
+
+# InPlace-ABN's epsilon in SCHP (the default of its modules/bn.py ABN; SCHP
+# never sets another). Checkpoints do not store it.
+INPLACE_ABN_EPS = 1e-5
+
+
+def inplace_abn_scale(weight: np.ndarray,
+                      eps: float = INPLACE_ABN_EPS) -> np.ndarray:
+  """The BatchNorm scale that computes what an InPlace-ABN weight computes.
+
+  InPlace-ABN (SCHP's ``modules/src/inplace_abn_cpu.cpp`` ``forward_cpu``;
+  the CUDA kernels alike) computes
+  ``(x - mean) * rsqrt(var + eps) * (|weight| + eps) + bias``: the sign of a
+  weight is ignored (its backward pass flips the gradient of negative
+  weights to match) and eps is added. A plain BatchNorm with scale
+  ``|weight| + eps`` computes the same, in float32 as InPlace-ABN does.
+
+  Args:
+    weight: InPlace-ABN ``weight`` ``[C]``.
+    eps: InPlace-ABN's epsilon.
+
+  Returns:
+    float32 ``|weight| + eps``.
+  """
+  return np.abs(np.asarray(weight, np.float32)) + np.float32(eps)
+
+
+# The leaf conversion of an InPlace-ABN state dict for import_state_dict.
+INPLACE_ABN_LEAF_FNS = {'scale': inplace_abn_scale}
 
 
 # --------------------------------------------------------------------------
@@ -316,9 +357,12 @@ def expected_torch_shapes(target_variables: Mapping[str, Any],
           for name, key in _name_table(target_variables, name_fn).items()}
 
 
-def import_state_dict(state_dict: Mapping[str, np.ndarray],
-                      target_variables: Mapping[str, Any],
-                      name_fn: NameFn) -> tuple[dict[str, Any], ImportReport]:
+def import_state_dict(
+    state_dict: Mapping[str, np.ndarray],
+    target_variables: Mapping[str, Any],
+    name_fn: NameFn,
+    leaf_fns: Optional[Mapping[str, Callable[[np.ndarray], np.ndarray]]] = None,
+) -> tuple[dict[str, Any], ImportReport]:
   """Copies a PyTorch state dict into a Flax variables tree.
 
   Args:
@@ -327,6 +371,9 @@ def import_state_dict(state_dict: Mapping[str, np.ndarray],
       ...}``), concrete or abstract (``jax.eval_shape(model.init, ...)``).
     name_fn: maps ``(module_path, leaf_name)`` of a target leaf (collection
       excluded) to its PyTorch name, or None for leaves it does not cover.
+    leaf_fns: ``{flax_leaf_name: fn}`` applied to the source value of every
+      such leaf (e.g. ``{'scale': inplace_abn_scale}`` for InPlace-ABN
+      weights).
 
   Returns:
     ``(variables, report)``: a new tree whose loaded leaves are numpy arrays
@@ -356,6 +403,8 @@ def import_state_dict(state_dict: Mapping[str, np.ndarray],
           f'expects {_flax_shape_to_torch(target.shape, key[-1])} (torch '
           'layout)')
       continue
+    if leaf_fns and key[-1] in leaf_fns:
+      value = leaf_fns[key[-1]](value)
     loaded[key] = np.asarray(value, dtype=target.dtype)
   if unmapped or misshaped:
     lines = []
@@ -424,6 +473,8 @@ def import_resnet(
     state_dict: Mapping[str, np.ndarray],
     target_variables: Mapping[str, Any],
     prefix: Optional[str] = 'backbone',
+    *,
+    inplace_abn: bool = False,
 ) -> tuple[dict[str, Any], ImportReport]:
   """Imports a torchvision ResNet state dict into a ResNet inside a tree.
 
@@ -433,6 +484,8 @@ def import_resnet(
       ``resnet.ResNet`` under ``prefix`` in ``params`` and ``batch_stats``.
     prefix: ``/``-separated path of the ResNet (None or ``''``: the tree is
       the ResNet itself).
+    inplace_abn: the normalization layers are InPlace-ABN (SCHP): their
+      weights become ``inplace_abn_scale(weight)``.
 
   Returns:
     ``(variables, report)`` as ``import_state_dict``.
@@ -447,7 +500,8 @@ def import_resnet(
     raise ValueError(f'no ResNet parameters under prefix {prefix!r} in the '
                      f'target variables (collections: '
                      f'{", ".join(target_variables)})')
-  return import_state_dict(state_dict, target_variables, name_fn)
+  return import_state_dict(state_dict, target_variables, name_fn,
+                           INPLACE_ABN_LEAF_FNS if inplace_abn else None)
 
 
 def load_backbone_into(
@@ -456,8 +510,9 @@ def load_backbone_into(
     prefix: str = 'backbone',
     *,
     weights_only: bool = True,
+    inplace_abn: Optional[bool] = None,
 ) -> tuple[dict[str, Any], ImportReport]:
-  """Initializes a model's backbone from a torchvision ImageNet checkpoint.
+  """Initializes a model's backbone from an ImageNet or SCHP checkpoint.
 
   This is the call behind ``config.init.backbone=<path>``. Contract with the
   trainer: ``variables`` is the parser's full, freshly initialized variables
@@ -476,6 +531,10 @@ def load_backbone_into(
       dict.
     prefix: path of the backbone inside the collections.
     weights_only: passed to ``torch.load`` for ``.pth`` files.
+    inplace_abn: whether the checkpoint's normalization layers are
+      InPlace-ABN (``inplace_abn_scale``). Default: true for an SCHP
+      checkpoint (one holding SCHP's context, edge, decoder or fusion
+      tensors), false otherwise.
 
   Returns:
     ``(variables, report)``.
@@ -486,8 +545,14 @@ def load_backbone_into(
   """
   state_dict = _as_state_dict(source, weights_only)
   state_dict, dropped = split_schp_backbone(state_dict)
-  variables, report = import_resnet(state_dict, variables, prefix)
+  if inplace_abn is None:
+    inplace_abn = bool(dropped)
+  variables, report = import_resnet(state_dict, variables, prefix,
+                                    inplace_abn=inplace_abn)
   report.ignored.extend(dropped)
+  if inplace_abn:
+    logging.info('InPlace-ABN weights imported as BatchNorm scales '
+                 '|weight| + %g', INPLACE_ABN_EPS)
   return variables, report
 
 
@@ -636,9 +701,11 @@ def import_schp(
   classes), ``exp-schp-201908301523-atr.pth`` (ATR, 18) and
   ``exp-schp-201908270938-pascal-person-part.pth`` (PASCAL-Person-Part, 7).
   Every tensor of the checkpoint must load and every target leaf must be
-  filled. Run the result with ``module.apply(variables, image)`` on images
-  normalized by ``SCHP_PREPROCESSING``; ``logits[domain]`` is the fusion
-  result at stride 4.
+  filled. SCHP's InPlace-ABN weights become BatchNorm scales
+  ``|weight| + eps`` (``inplace_abn_scale``). Run the result with
+  ``module.apply(variables, image)`` on images normalized by
+  ``SCHP_PREPROCESSING``; ``logits[domain]`` is the fusion result at
+  stride 4.
 
   Args:
     source: checkpoint path (``.pth``, ``.safetensors``, ``.npz``) or a state
@@ -669,7 +736,8 @@ def import_schp(
                             **config)
   target = abstract_variables(module)
   variables, report = import_state_dict(
-      state_dict, target, schp_name_fn(len(config['psp_bins'])))
+      state_dict, target, schp_name_fn(len(config['psp_bins'])),
+      INPLACE_ABN_LEAF_FNS)
   if report.not_loaded:
     raise ValueError('SCHP checkpoint lacks tensors for: '
                      + ', '.join(report.not_loaded))

@@ -18,8 +18,12 @@ ATR, PASCAL-Person-Part) load one-to-one through
 * ``fushion`` (sic): decoder feature + edge features -> 1x1 -> dropout ->
   classifier. Its output is the parsing used at inference.
 
-Every InPlace-ABN of SCHP (the heads, not the backbone) is BatchNorm followed
-by LeakyReLU(0.01). All upsampling uses ``align_corners=True``.
+Every normalization layer of SCHP is an InPlace-ABN: in the backbone without
+activation (then a plain ReLU), in the heads followed by LeakyReLU(0.01).
+InPlace-ABN scales by ``|weight| + eps``; here each is a plain Flax BatchNorm
+(eps 1e-5) whose scale ``import_schp`` sets to ``|weight| + eps``
+(``pretrained.inplace_abn_scale``), which computes the same. All upsampling
+uses ``align_corners=True``.
 
 The module returns ``(logits, aux)`` in the convention of
 ``sst_jax.models.parser.Parser``: ``logits = {domain: fusion_logits}`` at
@@ -41,7 +45,11 @@ LEAKY_SLOPE = 0.01
 
 
 class ConvABN(nn.Module):
-  """Conv (no bias) -> BatchNorm -> LeakyReLU(0.01): conv + SCHP InPlaceABN."""
+  """Conv (no bias) -> BatchNorm -> LeakyReLU(0.01): conv + SCHP InPlaceABN.
+
+  The BatchNorm's scale holds InPlace-ABN's ``|weight| + eps`` (see
+  ``pretrained.inplace_abn_scale``).
+  """
   features: int
   kernel: int = 1
   dtype: Any = jnp.float32
