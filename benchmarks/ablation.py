@@ -1,14 +1,23 @@
-"""SST ablation on the synthetic domains: variants x seeds, same steps.
+"""SST ablation on the synthetic domains: rows x seeds, paired against a baseline.
 
-    python benchmarks/ablation.py --workdir=/tmp/sst_ablation --seeds=0,1 \
-        --overrides="total_steps=300"
+    python benchmarks/ablation.py --workdir=/tmp/sst_ablation --seeds=0,1,2 \
+        --overrides="total_steps=600 eval_every=0 checkpoint_every=600"
 
-Runs each variant of ``configs/synthetic.py`` (baseline, sst, pascal alone,
-dedicated SST for synthetic_pascal, msa_mse, msa_mst) for every seed in its
-own workdir (existing finished runs are reused), then prints a markdown table
-of final validation mIoU per domain (own head, no test-time augmentation),
-mean and spread over seeds, and the median train-step time of each variant
-relative to the baseline measured in the same invocation.
+Each row is a ``configs/synthetic.py:<arg>`` run, trained for every seed in
+its own workdir (finished runs are reused). Groups (``--groups``):
+
+* ``universal``: the plain multi-head baseline, SST as drawn, MSA + MSE
+  only, the first reconstruction; all four domains.
+* ``scalability``: ``synthetic_pascal``'s mIoU with universal SST on
+  {pascal}, {pascal, cihp}, {pascal, cihp, atr} and all four domains (the
+  one-domain row is the baseline: SST needs two domains to transfer).
+* ``low_data``: the universal rows with ``synthetic_pascal`` cut to 100
+  training images, where transfer should matter most.
+
+Prints, per group, a Markdown table of the final validation mIoU per domain
+(own head, no test-time augmentation): mean ± standard deviation over seeds,
+and the mean over seeds of the per-seed paired difference against the
+group's reference row (same seed) with its standard deviation.
 """
 
 import argparse
@@ -19,65 +28,90 @@ import sys
 
 import numpy as np
 
-VARIANTS = ('pascal', 'baseline', 'sst', 'dedicated', 'msa_mse', 'msa_mst')
 DOMAINS = ('synthetic_pascal', 'synthetic_atr', 'synthetic_cihp',
            'synthetic_lip')
+LOW = ',train_examples=pascal:100'
+GROUPS = {
+    'universal': [('baseline', 'baseline'), ('SST as drawn', 'drawn'),
+                  ('MSA + MSE', 'msa_mse,sst=drawn'),
+                  ('first reconstruction', 'first')],
+    'scalability': [('{pascal} (baseline)', 'pascal'),
+                    ('{pascal, cihp}', 'drawn,domains=pascal+cihp'),
+                    ('{pascal, cihp, atr}', 'drawn,domains=pascal+cihp+atr'),
+                    ('all four', 'drawn')],
+    'low_data': [('baseline', 'baseline' + LOW),
+                 ('SST as drawn', 'drawn' + LOW),
+                 ('MSA + MSE', 'msa_mse,sst=drawn' + LOW),
+                 ('first reconstruction', 'first' + LOW)],
+}
 
 
-def run(variant, seed, workdir, overrides):
+def run(arg, seed, workdir, overrides):
   cmd = [sys.executable, '-m', 'sst_jax.main',
-         f'--config=configs/synthetic.py:{variant}', f'--workdir={workdir}',
+         f'--config=configs/synthetic.py:{arg}', f'--workdir={workdir}',
          f'--config.seed={seed}']
   cmd += [f'--config.{o}' for o in overrides]
   print('+', ' '.join(cmd), flush=True)
   subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
 
-def read(workdir):
-  records = [json.loads(l) for l in open(os.path.join(workdir,
-                                                       'metrics.jsonl'))]
+def final_miou(workdir) -> dict:
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
   final = [r for r in records if r['kind'] == 'eval'][-1]
-  train = [r for r in records if r['kind'] == 'train']
-  # Skip the first interval (compilation) for the step time.
-  rates = [r['steps_per_sec'] for r in train[1:]] or [train[-1]['steps_per_sec']]
-  return {d: final[d]['miou'] for d in DOMAINS if d in final}, 1 / np.median(
-      rates)
+  return {d: final[d]['miou'] for d in DOMAINS if d in final}
 
 
-def main():
+def table(rows, results, seeds) -> list[str]:
+  """Markdown rows: mean ± std per domain, paired difference to row 0."""
+  names = [d for d in DOMAINS if any(d in results[(arg, s)] for _, arg in rows
+                                     for s in seeds)]
+  lines = ['| row | ' + ' | '.join(d.replace('synthetic_', '') for d in names)
+           + ' | paired difference to the first row (per domain) |',
+           '|---' * (len(names) + 2) + '|']
+  reference = rows[0][1]
+  for label, arg in rows:
+    cells, diffs = [], []
+    for d in names:
+      vals = [results[(arg, s)].get(d) for s in seeds]
+      if None in vals:
+        cells.append('')
+        continue
+      cells.append(f'{np.mean(vals):.3f} ± {np.std(vals):.3f}')
+      ref = [results[(reference, s)].get(d) for s in seeds]
+      if arg != reference and None not in ref:
+        delta = np.asarray(vals) - np.asarray(ref)
+        diffs.append(f'{d.replace("synthetic_", "")} '
+                     f'{np.mean(delta):+.3f} ± {np.std(delta):.3f}')
+    lines.append(f'| {label} (`{arg}`) | ' + ' | '.join(cells) + ' | '
+                 + ', '.join(diffs) + ' |')
+  return lines
+
+
+def main(argv=None):
   parser = argparse.ArgumentParser()
   parser.add_argument('--workdir', required=True)
-  parser.add_argument('--seeds', default='0,1')
-  parser.add_argument('--variants', default=','.join(VARIANTS))
+  parser.add_argument('--seeds', default='0,1,2')
+  parser.add_argument('--groups', default=','.join(GROUPS))
   parser.add_argument('--overrides', default='',
                       help='space-separated config overrides, e.g. '
-                      '"total_steps=300 eval_every=0"')
-  args = parser.parse_args()
+                      '"total_steps=600 eval_every=0"')
+  args = parser.parse_args(argv)
   seeds = [int(s) for s in args.seeds.split(',')]
   overrides = args.overrides.split()
   results = {}
-  for variant in args.variants.split(','):
-    for seed in seeds:
-      workdir = os.path.join(args.workdir, f'{variant}_seed{seed}')
-      run(variant, seed, workdir, overrides)
-      results[(variant, seed)] = read(workdir)
-  base_time = np.median([results[('baseline', s)][1] for s in seeds]) if (
-      'baseline', seeds[0]) in results else None
-  print('\n| variant | ' + ' | '.join(d.replace('synthetic_', '')
-                                      for d in DOMAINS) +
-        ' | mean | step time vs baseline |')
-  print('|---' * (len(DOMAINS) + 3) + '|')
-  for variant in args.variants.split(','):
-    per_seed = [results[(variant, s)][0] for s in seeds]
-    cells = []
-    for d in DOMAINS:
-      vals = [r[d] for r in per_seed if d in r]
-      cells.append(f'{np.mean(vals):.3f} ± {np.std(vals):.3f}' if vals else '')
-    means = [np.mean([r[d] for d in DOMAINS if d in r]) for r in per_seed]
-    t = np.median([results[(variant, s)][1] for s in seeds])
-    ratio = f'{t / base_time:.2f}x' if base_time else ''
-    print(f'| {variant} | ' + ' | '.join(cells) +
-          f' | {np.mean(means):.3f} ± {np.std(means):.3f} | {ratio} |')
+  for group in args.groups.split(','):
+    for _, arg in GROUPS[group]:
+      for seed in seeds:
+        if (arg, seed) in results:
+          continue
+        workdir = os.path.join(args.workdir, f'{arg}_seed{seed}'.replace(
+            ',', '_').replace('=', '-').replace(':', '-').replace('+', '-'))
+        run(arg, seed, workdir, overrides)
+        results[(arg, seed)] = final_miou(workdir)
+  for group in args.groups.split(','):
+    print(f'\n### {group} (seeds {args.seeds})\n')
+    print('\n'.join(table(GROUPS[group], results, seeds)))
 
 
 if __name__ == '__main__':

@@ -51,7 +51,8 @@ from sst_jax.data import pipeline  # pylint: disable=g-import-not-at-top
 def reference_grid_logits(variables, batch, *, model, domain_names):
   """Every head resized to the input, own head kept, mapped to the labels."""
   logits = steps.predict_logits(variables, batch['image'], model=model,
-                                heads=tuple(domain_names))
+                                heads=tuple(domain_names),
+                                image_hw=batch['image_hw'])
   lg = steps.own_domain_logits(logits, batch['domain'], domain_names)
   lg = jnp.einsum('blh,bhwc->blwc', batch['resize_h'], lg)
   return jnp.einsum('bmw,blwc->blmc', batch['resize_w'], lg)

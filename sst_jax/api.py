@@ -145,11 +145,13 @@ def map_back(logits: np.ndarray, layout: Layout) -> np.ndarray:
 def fit_pad(image: np.ndarray, input_size: int) -> tuple[np.ndarray, Layout]:
   """Resize keeping aspect (longer side = ``input_size``), pad bottom/right.
 
-  The padding is the ImageNet mean colour (0 after normalization), as in
-  evaluation (``transforms.eval_transform``).
+  As in evaluation (``transforms.eval_transform``), the canvas stays uint8
+  and the compiled forward normalizes it (``steps.normalize_images``, with
+  ``layout.limit`` as the image's extent): the padding is then exactly the
+  ImageNet mean colour, 0 after normalization.
 
   Returns:
-    ``(normalized float32 [S, S, 3], layout)``.
+    ``(uint8 [S, S, 3], layout)``.
   """
   h, w = image.shape[:2]
   r = input_size / max(h, w)
@@ -157,8 +159,9 @@ def fit_pad(image: np.ndarray, input_size: int) -> tuple[np.ndarray, Layout]:
   nw = min(max(int(round(w * r)), 1), input_size)
   if (nh, nw) != (h, w):
     image, _ = transforms.resize(image, None, (nh, nw))
-  canvas = np.zeros((input_size, input_size, 3), np.float32)
-  canvas[:nh, :nw] = transforms.normalize(image)
+  canvas = np.empty((input_size, input_size, 3), np.uint8)
+  canvas[...] = transforms.IMAGENET_MEAN.astype(np.uint8)
+  canvas[:nh, :nw] = image
   # PIL resizes with pixel centres aligned: y -> (y + 0.5) * nh / h - 0.5.
   return canvas, Layout((h, w), (nh / h, nw / w),
                         (0.5 * nh / h - 0.5, 0.5 * nw / w - 0.5), (nh, nw))
@@ -405,7 +408,11 @@ class Parser:
     return self._fns[key]
 
   def fit(self, image: np.ndarray) -> tuple[np.ndarray, Layout]:
-    """Normalized network input ``[S, S, 3]`` and layout of an RGB image."""
+    """Network input ``[S, S, 3]`` and layout of an RGB image.
+
+    The input is the uint8 canvas (``fit_pad``), or for SCHP preprocessing
+    the float32 BGR-normalized one (``fit_schp``).
+    """
     fit_fn = fit_schp if self.preprocessing == 'schp' else fit_pad
     return fit_fn(image, self.input_size)
 
@@ -434,14 +441,19 @@ class Parser:
     """
     fitted = [self.fit(im) for im in images]
     batch = np.stack([c for c, _ in fitted])
+    # The uint8 canvases' extents: their padding normalizes to exactly 0.
+    image_hw = (np.array([layout.limit for _, layout in fitted], np.int32)
+                if batch.dtype == np.uint8 else None)
     pad = max((batch_size or len(images)) - len(images), 0)
     if pad:
       batch = np.concatenate([batch, np.zeros((pad,) + batch.shape[1:],
                                               batch.dtype)])
+      if image_hw is not None:
+        image_hw = np.concatenate([image_hw, np.zeros((pad, 2), np.int32)])
     fn = self._forward(tuple(domains), bool(flip),
                        tuple(float(s) for s in scales),
                        average or self.average)
-    logits = jax.device_get(fn(self.variables, batch))
+    logits = jax.device_get(fn(self.variables, batch, image_hw=image_hw))
     return [{d: map_back(np.asarray(logits[d][i]), layout) for d in domains}
             for i, (_, layout) in enumerate(fitted)]
 

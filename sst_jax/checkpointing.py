@@ -15,11 +15,46 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+import sst_jax
 from sst_jax import domains as domains_lib
 
 
 class CheckpointMismatchError(ValueError):
   """A checkpoint was trained with label domains the config does not have."""
+
+
+class CheckpointFormatError(ValueError):
+  """A checkpoint was written in a format this version cannot read."""
+
+
+# The layout of a checkpoint (its items and metadata fields). A change that
+# older code could not read, or that this code could not read from older
+# checkpoints, takes the next number; readers refuse any other number
+# (``check_format``). Checkpoints from before the field existed are format 1.
+CHECKPOINT_FORMAT = 1
+
+
+def format_fields() -> dict:
+  """Metadata fields naming the writer: checkpoint format and version."""
+  return {'format': CHECKPOINT_FORMAT,
+          'sst_jax_version': sst_jax.__version__}
+
+
+def check_format(metadata: dict, path: str) -> None:
+  """Refuses checkpoint metadata of another format than ``CHECKPOINT_FORMAT``.
+
+  Raises:
+    CheckpointFormatError: naming the checkpoint, the format it has (and the
+      version that wrote it) and the format this version reads.
+  """
+  found = metadata.get('format', 1)
+  if found != CHECKPOINT_FORMAT:
+    writer = metadata.get('sst_jax_version', 'unknown')
+    raise CheckpointFormatError(
+        f'checkpoint {path} has checkpoint format {found} (written by '
+        f'sst_jax {writer}), but sst_jax {sst_jax.__version__} reads '
+        f'checkpoint format {CHECKPOINT_FORMAT} only; load it with the '
+        'sst_jax version that wrote it')
 
 
 ITEMS = ('state', 'data', 'metadata')
@@ -50,8 +85,11 @@ def save(manager: ocp.CheckpointManager, step: int, state, data_state: dict,
 
 
 def restore_metadata(manager: ocp.CheckpointManager, step: int) -> dict:
-  return manager.restore(step, args=ocp.args.Composite(
+  """Checkpoint ``step``'s metadata item, checked by ``check_format``."""
+  metadata = manager.restore(step, args=ocp.args.Composite(
       metadata=ocp.args.JsonRestore()))['metadata']
+  check_format(metadata, f'{manager.directory}/{step}')
+  return metadata
 
 
 def restore_state(manager: ocp.CheckpointManager, step: int,
@@ -117,6 +155,7 @@ def open_latest(workdir: str, what: str = 'workdir'
 
   Raises:
     FileNotFoundError: naming the workdir when it holds no checkpoint.
+    CheckpointFormatError: when the checkpoint has another format.
   """
   # Checked first: the manager would otherwise create the directory.
   if not os.path.isdir(os.path.join(workdir, 'checkpoints')):

@@ -28,7 +28,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 500
   c.keep_checkpoints = 2
   c.async_checkpoints = True
-  c.transfer_guard = 'allow'  # jax_transfer_guard in the loop ('disallow')
+  # jax.transfer_guard over the training steps (train.train_and_evaluate):
+  # 'disallow' stops the run at any implicit host<->device transfer (a hidden
+  # sync); the batch placement and the metrics fetch are explicit, and
+  # checkpoints and evaluations allow theirs. 'log' reports transfers
+  # instead, 'allow' checks nothing.
+  c.transfer_guard = 'disallow'
 
   # Multi-process runs (jax.distributed): how long each process waits for
   # the slowest one, in seconds. Hosts compile, load data and write at
@@ -106,8 +111,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.eval_input_size = 473
   c.data.eval_label_size = 512  # labels are padded to this square
   c.data.max_eval_examples = 0  # 0 = whole split
+  # Decode + augmentation: threads of the training process, or (for
+  # many-core hosts) `num_workers` worker processes with `num_threads`
+  # threads each, every worker keeping `worker_buffer` batches ready. The
+  # batches are the same for any number of threads or workers.
   c.data.num_threads = 2
-  c.data.prefetch = 4
+  c.data.prefetch = 4         # batches read ahead by the threads
+  c.data.num_workers = 0      # 0: no worker processes
+  c.data.worker_buffer = 2
+  # Batches placed on the devices ahead of the step that uses them (2: the
+  # next one is copied while the current step runs).
+  c.data.device_prefetch = 2
   c.data.cache = False        # keep decoded examples in memory
   c.data.synthetic_size = 128
   c.data.synthetic_seed = 0
@@ -121,17 +135,35 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.sst = ml_collections.ConfigDict()
   c.sst.enabled = True
-  c.sst.dim = 256             # prototype/projection width D
-  c.sst.scales = ('context', 'decoder')  # aux features used as scales
-  c.sst.memory_momentum = 0.9
+  # 'drawn': MSA, the SP chain and the SM chain as the paper's figures draw
+  # them (sst_jax/models/sst.py); 'first': the first reconstruction
+  # (sst_jax/models/sst_first.py), kept for the ablation.
+  c.sst.variant = 'drawn'
+  c.sst.dim = 256             # node / prototype width D
   c.sst.mse = True
   c.sst.mst = True
+  c.sst.mse_weight = 0.4
+  c.sst.mst_weight = 0.4
+  # variant='drawn'. MSA's three taps, coarse to fine along the decoder.
+  c.sst.taps = ('context', 'decoder_fuse1', 'decoder')
+  # M_intra: 'adjacency' (EMA of the labels' class adjacency), 'learned' (a
+  # trainable matrix per domain) or 'identity'.
+  c.sst.intra = 'adjacency'
+  c.sst.intra_dilation = 2    # pixels at the finest tap
+  c.sst.intra_momentum = 0.99
+  c.sst.temperature = 0.1     # cosine logits of the X_3 (x) F output
+  c.sst.cross_temperature = 0.1  # softmax of the cross-domain matrices
+  c.sst.mst_stop_gradient = 'none'  # 'none' | 'mapped' (no grad via M X^j)
+  # Every batch holds batch_size / K images of each of the K domains, so
+  # that every node set and every domain pair exists in every step.
+  c.sst.fixed_batch = True
+  # variant='first'.
+  c.sst.scales = ('context', 'decoder')  # aux features used as scales
+  c.sst.memory_momentum = 0.9
   c.sst.prior = 'bias'        # 'bias' | 'kl' | 'none'
   c.sst.prior_dilation = 2    # pixels, at the prior's scale
   c.sst.prior_weight = 0.1    # weight of the KL prior loss (prior='kl')
   c.sst.other_prototypes = 'predicted'  # 'predicted' | 'memory'
-  c.sst.mse_weight = 0.4
-  c.sst.mst_weight = 0.4
   c.sst.cons_weight = 0.1
   c.sst.kd_weight = 0.5
   c.sst.kd_temperature = 2.0
@@ -148,17 +180,29 @@ def apply_variant(config: ml_collections.ConfigDict,
                   arg: str | None) -> ml_collections.ConfigDict:
   """Applies a named ablation variant, then locks the config.
 
-  Variants: ``sst`` (default), ``baseline`` (modules and losses off),
+  Variants: ``sst`` (default: the config's SST), ``drawn`` / ``first``
+  (SST as the paper draws it / its first reconstruction, i.e.
+  ``sst.variant``), ``baseline`` (modules and losses off),
   ``<domain-suffix>`` e.g. ``pascal`` (that synthetic/real domain alone,
   baseline), ``dedicated`` / ``dedicated=<domain>`` (the target sampled
   with weight 1, the others with ``sst.dedicated_other_weight``; replaces
   ``data.mix``), ``msa_mse``, ``msa_mst``.
+
+  Modifiers may follow the variant, comma-separated:
+  ``domains=<suffix>+<suffix>...`` trains on those domains only (e.g.
+  ``sst,domains=pascal+cihp``, the scalability rows of the ablation),
+  ``sst=<variant>`` sets ``sst.variant`` (e.g. ``msa_mse,sst=drawn``) and
+  ``train_examples=<suffix>:<n>`` caps a synthetic domain's training images
+  (e.g. ``sst,train_examples=pascal:100``, the low-data rows).
   """
+  arg, *modifiers = (arg or 'sst').split(',')
   arg = arg or 'sst'
   if arg == 'sst':
     pass
   elif arg == 'baseline':
     disable_sst(config)
+  elif arg in ('drawn', 'first'):
+    config.sst.variant = arg
   elif arg in ('msa_mse', 'msa_mst'):
     config.sst.mst = arg == 'msa_mst'
     config.sst.mse = arg == 'msa_mse'
@@ -171,6 +215,9 @@ def apply_variant(config: ml_collections.ConfigDict,
     target = arg.split('=', 1)[1] if '=' in arg else config.domains[0]
     config.mode_sst = 'dedicated'
     config.target = _resolve(config, target)
+    # Dedicated parsing from a frozen source is built for the first
+    # reconstruction only so far.
+    config.sst.variant = 'first'
     # The target is sampled with weight 1, every other domain with
     # sst.dedicated_other_weight, whatever the universal recipe's mix.
     config.data.mix = ml_collections.ConfigDict()
@@ -179,6 +226,22 @@ def apply_variant(config: ml_collections.ConfigDict,
     config.data.mix = ml_collections.ConfigDict(
         {k: v for k, v in config.data.mix.items() if k in config.domains})
     disable_sst(config)
+  for modifier in modifiers:
+    key, _, value = modifier.partition('=')
+    if key == 'domains' and value:
+      config.domains = [_resolve(config, d) for d in value.split('+')]
+      config.data.mix = ml_collections.ConfigDict(
+          {k: v for k, v in config.data.mix.items() if k in config.domains})
+    elif key == 'sst' and value:
+      config.sst.variant = value
+    elif key == 'train_examples' and value.count(':') == 1:
+      name, count = value.split(':')
+      config.data.synthetic_examples[
+          f'{_resolve(config, name)}:train'] = int(count)
+    else:
+      raise ValueError(
+          f'unknown config modifier {modifier!r}: use domains=<a>+<b>, '
+          'sst=<variant> or train_examples=<domain>:<n>')
   config.lock()
   return config
 

@@ -22,7 +22,6 @@ from sst_jax import steps
 from sst_jax import visualize
 from sst_jax import writers
 from sst_jax.data import pipeline
-from sst_jax.data import transforms
 
 
 class Evaluator:
@@ -154,9 +153,7 @@ def _vis_rows(batch, preds, domain, num):
     valid_rows = np.flatnonzero(batch['resize_h'][i].sum(axis=1))
     valid_cols = np.flatnonzero(batch['resize_w'][i].sum(axis=1))
     h, w = valid_rows.size, valid_cols.size
-    image = batch['image'][i] * transforms.IMAGENET_STD + transforms.IMAGENET_MEAN
-    image = np.clip(image, 0, 255).astype(np.uint8)
-    rows.append([image, visualize.colorize(label[:h, :w], palette),
+    rows.append([batch['image'][i], visualize.colorize(label[:h, :w], palette),
                  visualize.colorize(preds[i][:h, :w], palette)])
   return rows
 

@@ -1,7 +1,8 @@
 r"""Inference-only export: parser parameters + a serialized forward function.
 
     python -m sst_jax.export --workdir=<train workdir> --output=<dir> \
-        [--domains=synthetic_cihp,synthetic_atr] [--batch=b]
+        [--domains=synthetic_cihp,synthetic_atr] [--batch=b] \
+        [--format=stablehlo|onnx]
 
 reads the latest checkpoint of a training workdir and writes ``<dir>`` with
 
@@ -13,18 +14,29 @@ reads the latest checkpoint of a training workdir and writes ``<dir>`` with
   and, when heads are selected, the other domains' ``head_<name>`` convs.
   In dedicated mode (``mode_sst='dedicated'``) only the target head is kept
   unless ``--domains`` says otherwise.
-* ``export.json``: the kept label domains (name, classes, flip pairs, ignore
-  id), the model config, compute dtype, preprocessing (RGB, ImageNet
-  mean/std, input size, padding) and the source checkpoint.
+* ``export.json``: its format number (``format_version``, checked when
+  loading), the sst_jax version, the kept label domains (name, classes,
+  flip pairs, ignore id), the model config, compute dtype, preprocessing
+  (RGB, ImageNet mean/std, input size, padding), the forward function's
+  signature and the source checkpoint (workdir, step, checkpoint format).
 * ``forward.jax_export``: ``jax.export`` serialization (StableHLO) of
   ``image -> {domain: logits}`` with the parameters embedded as constants.
   ``image`` is a float32 ``[b, S, S, 3]`` batch normalized as ``export.json``
   says, with a symbolic batch size ``b`` and ``S`` the input size; the
   logits are ``[b, S, S, C_domain]`` (bilinearly upsampled from stride 4).
+  (Training, evaluation and ``sst_jax.Parser`` send uint8 pixels and
+  normalize inside their compiled functions, ``steps.normalize_images``,
+  with the same mean and std; the serialized function keeps the float32
+  contract, so its callers need no knowledge of the canvas padding.)
   It reloads with ``jax`` alone, no ``sst_jax`` or Flax needed::
 
       exp = jax.export.deserialize(open('forward.jax_export', 'rb').read())
       logits = exp.call(images)
+
+* ``forward.onnx`` instead, with ``--format=onnx`` (the ``[onnx]`` extra):
+  the same function and contract as an ONNX model (input ``image``, one
+  output per domain, named after it), for ONNX Runtime and other ONNX
+  consumers (``sst_jax.onnx_export``).
 
 The spatial size is fixed at export time because the network's bilinear
 resizes and pyramid pooling are built from static interpolation matrices.
@@ -45,16 +57,24 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
+import sst_jax
 from sst_jax import checkpointing
 from sst_jax import domains as domains_lib
 from sst_jax import steps
 from sst_jax.data import transforms
 from sst_jax.models import parser as parser_lib
 
+# The layout of an export directory; ``load_exported`` refuses others.
 FORMAT_VERSION = 1
 PARAMS_FILE = 'params.npz'
 META_FILE = 'export.json'
 FORWARD_FILE = 'forward.jax_export'
+ONNX_FILE = 'forward.onnx'
+FORWARD_FORMATS = ('stablehlo', 'onnx')
+
+
+class ExportFormatError(ValueError):
+  """An export directory was written in a format this version cannot read."""
 
 
 def load_checkpoint(workdir: str) -> tuple[dict, dict, dict, int]:
@@ -95,7 +115,11 @@ def select_heads(metadata: dict, heads: Sequence[str] | None = None
 def inference_variables(params: dict, model_state: dict,
                         heads: Sequence[str]) -> dict:
   """``{'params', 'batch_stats'}`` of the parser with only ``heads`` kept."""
-  variables = steps.parser_variables(params, model_state)
+  return keep_heads(steps.parser_variables(params, model_state), heads)
+
+
+def keep_heads(variables: dict, heads: Sequence[str]) -> dict:
+  """Parser variables without the ``head_<name>`` of other domains."""
   keep = {f'head_{h}' for h in heads}
   return {col: {k: v for k, v in tree.items()
                 if not k.startswith('head_') or k in keep}
@@ -126,6 +150,37 @@ def forward_fn(module, variables, heads: Sequence[str]):
                            heads=tuple(heads))
 
 
+def describe(metadata: dict, heads: Sequence[str], source: dict) -> dict:
+  """The ``export.json`` description of a checkpoint, all but ``forward``.
+
+  Args:
+    metadata: a checkpoint's metadata item.
+    heads: the kept domains.
+    source: where the parameters come from (workdir, step, ...).
+  """
+  by_name = {d['name']: d for d in metadata['domains']}
+  return {
+      'format_version': FORMAT_VERSION,
+      'sst_jax_version': sst_jax.__version__,
+      'domains': [by_name[h] for h in heads],
+      'model': metadata['model'],
+      'dtype': metadata.get('dtype', 'float32'),
+      'mode_sst': metadata.get('mode_sst'),
+      'target': metadata.get('target'),
+      'preprocessing': {
+          'channel_order': 'RGB',
+          'mean': [float(v) for v in transforms.IMAGENET_MEAN / 255],
+          'std': [float(v) for v in transforms.IMAGENET_STD / 255],
+          'scale': 'pixel / 255, then (x - mean) / std',
+          'input_size': input_size_of(metadata),
+          'fit': 'resize keeping aspect so the longer side is input_size, '
+                 'pad bottom/right with the mean colour (0 after '
+                 'normalization)',
+      },
+      'source': source,
+  }
+
+
 def serialize_forward(module, variables, heads: Sequence[str],
                       input_size: int, batch: str | int = 'b') -> bytes:
   """``jax.export`` bytes of the forward pass (variables embedded).
@@ -151,7 +206,8 @@ def _write_npz(path: str, variables: dict) -> None:
 
 
 def export(workdir: str, output: str, heads: Sequence[str] | None = None,
-           batch: str | int = 'b', serialize: bool = True) -> dict:
+           batch: str | int = 'b', serialize: bool = True,
+           forward_format: str = 'stablehlo') -> dict:
   """Writes the inference-only export of ``workdir``'s latest checkpoint.
 
   Args:
@@ -160,46 +216,51 @@ def export(workdir: str, output: str, heads: Sequence[str] | None = None,
     heads: domains whose heads to keep (default: see ``select_heads``).
     batch: batch dimension of the serialized function (see
       ``serialize_forward``).
-    serialize: also write ``forward.jax_export``.
+    serialize: also write the forward function.
+    forward_format: ``'stablehlo'`` (``forward.jax_export``) or ``'onnx'``
+      (``forward.onnx``; needs the ``[onnx]`` extra).
 
   Returns:
     the ``export.json`` content.
+
+  Raises:
+    ValueError: for an unknown head or ``forward_format``.
+    ImportError: for ``'onnx'`` without the ``[onnx]`` extra.
   """
+  if forward_format not in FORWARD_FORMATS:
+    raise ValueError(f'format must be one of {FORWARD_FORMATS}, got '
+                     f'{forward_format!r}')
+  onnx = forward_format == 'onnx'
+  if onnx and serialize:
+    # Before anything is written: a missing converter leaves no half export.
+    from sst_jax import onnx_export  # pylint: disable=g-import-not-at-top
+    onnx_export.require()
   meta, params, model_state, step = load_checkpoint(workdir)
   heads = select_heads(meta, heads)
   variables = inference_variables(params, model_state, heads)
   module = build_parser(meta, heads)
   input_size = input_size_of(meta)
-  by_name = {d['name']: d for d in meta['domains']}
-  info = {
-      'format_version': FORMAT_VERSION,
-      'domains': [by_name[h] for h in heads],
-      'model': meta['model'],
-      'dtype': meta.get('dtype', 'float32'),
-      'mode_sst': meta.get('mode_sst'),
-      'target': meta.get('target'),
-      'preprocessing': {
-          'channel_order': 'RGB',
-          'mean': [float(v) for v in transforms.IMAGENET_MEAN / 255],
-          'std': [float(v) for v in transforms.IMAGENET_STD / 255],
-          'scale': 'pixel / 255, then (x - mean) / std',
-          'input_size': input_size,
-          'fit': 'resize keeping aspect so the longer side is input_size, '
-                 'pad bottom/right with the mean colour (0 after '
-                 'normalization)',
-      },
-      'forward': {
-          'file': FORWARD_FILE if serialize else None,
-          'input': [batch if isinstance(batch, str) else int(batch),
-                    input_size, input_size, 3],
-          'input_dtype': 'float32',
-          'output': '{domain: float32 [b, input_size, input_size, C]} logits',
-      },
-      'source': {'workdir': os.path.abspath(workdir), 'step': step},
+  info = describe(meta, heads, {
+      'workdir': os.path.abspath(workdir), 'step': step,
+      'checkpoint_format': meta.get('format', 1)})
+  forward = {
+      'file': (ONNX_FILE if onnx else FORWARD_FILE) if serialize else None,
+      'format': forward_format,
+      'input': [batch if isinstance(batch, str) else int(batch),
+                input_size, input_size, 3],
+      'input_dtype': 'float32',
+      'output': '{domain: float32 [b, input_size, input_size, C]} logits',
   }
+  if onnx:
+    forward.update(input_name='image', output_names=list(heads))
+  info = {**info, 'forward': forward}
   os.makedirs(output, exist_ok=True)
   _write_npz(os.path.join(output, PARAMS_FILE), variables)
-  if serialize:
+  if serialize and onnx:
+    onnx_export.convert(
+        forward_fn(module, jax.tree.map(jnp.asarray, variables), heads),
+        heads, input_size, batch, os.path.join(output, ONNX_FILE))
+  elif serialize:
     data = serialize_forward(module, variables, heads, input_size, batch)
     with open(os.path.join(output, FORWARD_FILE), 'wb') as f:
       f.write(data)
@@ -218,6 +279,7 @@ def load_exported(path: str) -> tuple[parser_lib.Parser, dict, dict]:
 
   Raises:
     FileNotFoundError: if ``path`` is not an export directory.
+    ExportFormatError: if it was written in another format.
   """
   meta_path = os.path.join(path, META_FILE)
   if not os.path.isfile(meta_path):
@@ -225,11 +287,63 @@ def load_exported(path: str) -> tuple[parser_lib.Parser, dict, dict]:
                             f'{META_FILE})')
   with open(meta_path) as f:
     info = json.load(f)
+  found = info.get('format_version')
+  if found != FORMAT_VERSION:
+    raise ExportFormatError(
+        f'{meta_path}: export format {found} (written by sst_jax '
+        f'{info.get("sst_jax_version", "unknown")}), but sst_jax '
+        f'{sst_jax.__version__} reads export format {FORMAT_VERSION} only; '
+        're-export the workdir with this version or load it with the one '
+        'that wrote it')
   with np.load(os.path.join(path, PARAMS_FILE), allow_pickle=False) as f:
     variables = traverse_util.unflatten_dict(
         {k: f[k] for k in f.files}, sep='/')
   module = build_parser(info, [d['name'] for d in info['domains']])
   return module, variables, info
+
+
+def load_model(path: str, heads: Sequence[str] | None = None
+               ) -> tuple[parser_lib.Parser, dict, dict]:
+  """The inference parser of a training workdir or an export directory.
+
+  What another Flax project needs to run or fine-tune a trained parser
+  (``docs/reuse.md``).
+
+  Args:
+    path: a training workdir (its latest checkpoint) or an export directory.
+    heads: the domains whose heads to keep (default: every head there is).
+
+  Returns:
+    ``(module, variables, info)``: the plain :class:`Parser` with those
+    heads, its ``{'params', 'batch_stats'}`` as numpy arrays (no SST
+    parameter or state) and the ``export.json`` description (for a workdir,
+    what ``export`` would write there, less ``forward``).
+
+  Raises:
+    FileNotFoundError: if ``path`` is neither.
+    ValueError: naming the model's domains when a head is unknown.
+  """
+  if os.path.isfile(os.path.join(path, META_FILE)):
+    module, variables, info = load_exported(path)
+    if heads:
+      select_heads(info, heads)
+      variables = keep_heads(variables, heads)
+      module = build_parser(info, heads)
+      by_name = {d['name']: d for d in info['domains']}
+      info = {**info, 'domains': [by_name[h] for h in heads]}
+    return module, variables, info
+  if not os.path.isdir(os.path.join(path, 'checkpoints')):
+    raise FileNotFoundError(
+        f'{path}: not a training workdir (no checkpoints/) or an export '
+        f'directory (no {META_FILE})')
+  meta, params, model_state, step = load_checkpoint(path)
+  heads = (select_heads(meta, heads) if heads else
+           [d['name'] for d in meta['domains']])
+  info = describe(meta, heads, {'workdir': os.path.abspath(path),
+                                'step': step,
+                                'checkpoint_format': meta.get('format', 1)})
+  return (build_parser(meta, heads),
+          inference_variables(params, model_state, heads), info)
 
 
 def load_serialized(path: str):
@@ -261,15 +375,19 @@ def main(argv: Sequence[str] | None = None) -> int:
   ap.add_argument('--batch', default='b',
                   help="batch size of the serialized function: a symbol "
                   "('b', any size) or an integer")
+  ap.add_argument('--format', choices=FORWARD_FORMATS, default='stablehlo',
+                  help='forward function: forward.jax_export (StableHLO, '
+                  'jax.export) or forward.onnx (ONNX; needs the [onnx] '
+                  'extra and jax2onnx, docs/predict.md)')
   ap.add_argument('--no_serialize', action='store_true',
-                  help='skip forward.jax_export')
+                  help='skip the forward function')
   args = ap.parse_args(argv)
   heads = [h for h in args.domains.split(',') if h] or None
   batch = int(args.batch) if args.batch.isdigit() else args.batch
   try:
     info = export(args.workdir, args.output, heads, batch,
-                  not args.no_serialize)
-  except (FileNotFoundError, ValueError) as e:
+                  not args.no_serialize, args.format)
+  except (FileNotFoundError, ValueError, ImportError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   print(f'exported step {info["source"]["step"]} of {args.workdir} '

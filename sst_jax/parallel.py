@@ -8,6 +8,7 @@ synchronized across devices with no extra code.
 
 from __future__ import annotations
 
+import collections
 import os
 
 import jax
@@ -89,8 +90,57 @@ def shard_batch(batch: dict, mesh) -> dict:
   local rows; the result is one global array per key.
   """
   sharding = data_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in batch.items()}
+  # The train loop's one host-to-device transfer, allowed by name under any
+  # jax.transfer_guard: with several processes jax builds the global array
+  # through a put it does not count as explicit.
+  with jax.transfer_guard_host_to_device('allow'):
+    return {k: jax.make_array_from_process_local_data(sharding,
+                                                      np.asarray(v))
+            for k, v in batch.items()}
+
+
+class DevicePrefetcher:
+  """Places host batches on the mesh ``size - 1`` steps ahead of their use.
+
+  ``next()`` returns the batch placed by the previous call and issues the
+  copy of the one after it while the step dispatched just before (jax
+  dispatches asynchronously) still runs on the devices: with the default
+  ``size=2`` (double buffering) every batch is copied one step ahead of its
+  use, never between two steps. Placement is ``shard_batch``'s transfer, the only
+  host-to-device one of the train loop and allowed by name under its
+  ``jax.transfer_guard``. Multi-host: every process places its own rows of
+  the same batches in the same order, with no collective.
+
+  ``get_state()`` is the host iterator's state before the next batch to be
+  returned was read, so a checkpoint resumes at the first unused batch
+  whatever is buffered.
+  """
+
+  def __init__(self, iterator, mesh, size: int = 2):
+    if size < 1:
+      raise ValueError(f'device prefetch size must be >= 1, got {size}')
+    self._it, self._mesh, self._size = iterator, mesh, size
+    self._buffer = collections.deque()  # (host state before, device batch)
+    self._exhausted = False
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    while len(self._buffer) < self._size and not self._exhausted:
+      state = self._it.get_state()
+      try:
+        host = next(self._it)
+      except StopIteration:
+        self._exhausted = True
+        break
+      self._buffer.append((state, shard_batch(host, self._mesh)))
+    if not self._buffer:
+      raise StopIteration
+    return self._buffer.popleft()[1]
+
+  def get_state(self):
+    return self._buffer[0][0] if self._buffer else self._it.get_state()
 
 
 def replicate(tree, mesh):

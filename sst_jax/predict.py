@@ -4,8 +4,8 @@ r"""Parse your own images: index PNGs, colour PNGs, overlays, probabilities.
         --input=<files or folders, comma-separated> --output=<dir> \
         [--domain=<name>|all] [--flip] [--scales=0.75,1,1.25] \
         [--average=probs|logits] [--batch_size=8] [--input_size=N] \
-        [--save_probs] [--schp_domain=lip|atr|pascal_person_part] \
-        [--contact_sheet=PATH]
+        [--save_probs] [--logits] [--layout=sst_jax|schp] \
+        [--schp_domain=lip|atr|pascal_person_part] [--contact_sheet=PATH]
 
 For every readable image and every selected domain it writes, into
 ``--output``:
@@ -14,7 +14,15 @@ For every readable image and every selected domain it writes, into
   class ids (``np.asarray(PIL.Image.open(f))`` gives them back);
 * ``<stem>_<domain>_color.png``: the label map in the domain's palette;
 * ``<stem>_<domain>_overlay.png``: the colours blended over the photo;
-* ``<stem>_<domain>_probs.npy`` (``--save_probs``): float16 ``[H, W, C]``.
+* ``<stem>_<domain>_probs.npy`` (``--save_probs``): float16 ``[H, W, C]``;
+* ``<stem>_<domain>_logits.npy`` (``--logits``): float32 ``[H, W, C]``.
+
+``--layout=schp`` writes what SCHP's ``simple_extractor.py`` writes for a
+folder instead, for one domain: ``<stem>.png``, the label map as a paletted
+PNG in SCHP's palette (``write_schp_outputs``), and with ``--logits``
+``<stem>.npy``, the float32 ``[H, W, C]`` scores at the original size.
+Pipelines that run SCHP's script on a folder switch by running this
+command instead.
 
 With ``--flip``/``--scales`` the views are combined by ``--average``: mean
 probability (``probs``, the default for sst_jax models) or mean logit
@@ -53,8 +61,12 @@ import numpy as np
 from PIL import Image
 
 from sst_jax import api
+from sst_jax import domains as domains_lib
 from sst_jax import visualize
 from sst_jax import writers
+
+
+LAYOUTS = ('sst_jax', 'schp')
 
 
 def image_extensions() -> set[str]:
@@ -95,7 +107,8 @@ def output_stems(paths: Sequence[str]) -> list[str]:
 
 
 def write_outputs(output: str, stem: str, image: np.ndarray, scores: dict,
-                  label_domains: dict, save_probs: bool) -> dict:
+                  label_domains: dict, save_probs: bool,
+                  save_logits: bool = False) -> dict:
   """Writes the files of one image; returns ``{domain: index map}``."""
   labels = {}
   for name, lg in scores.items():
@@ -109,8 +122,61 @@ def write_outputs(output: str, stem: str, image: np.ndarray, scores: dict,
                        visualize.overlay(image, label, domain.palette))
     if save_probs:
       np.save(base + '_probs.npy', api.softmax(lg).astype(np.float16))
+    if save_logits:
+      np.save(base + '_logits.npy', np.asarray(lg, np.float32))
     labels[name] = label
   return labels
+
+
+def schp_palette(num_classes: int) -> list[int]:
+  """The palette SCHP's ``simple_extractor.py`` gives its label PNGs.
+
+  SCHP's ``get_palette(num_classes)``: the PASCAL VOC colour map, as the
+  flat ``[r0, g0, b0, r1, ...]`` list of ``num_classes`` colours that it
+  hands to ``putpalette``. The domains' palettes are that colour map.
+  """
+  return [int(v) for v in domains_lib.voc_palette(num_classes).reshape(-1)]
+
+
+def write_schp_outputs(output: str, stem: str, scores: np.ndarray,
+                       save_logits: bool) -> np.ndarray:
+  """Writes one image's outputs as SCHP's ``simple_extractor.py`` does.
+
+  ``<stem>.png``: ``Image.fromarray(label)`` with ``putpalette(palette)``
+  (a ``P`` image whose palette holds exactly the domain's colours, which
+  PIL then saves at the smallest bit depth that fits them), and with
+  ``save_logits`` ``<stem>.npy``, the float32 ``[H, W, C]`` scores.
+
+  Returns:
+    the uint8 ``[H, W]`` label map.
+  """
+  label = api.argmax(scores)
+  image = Image.fromarray(np.asarray(label, dtype=np.uint8))
+  image.putpalette(schp_palette(scores.shape[-1]))
+  image.save(os.path.join(output, f'{stem}.png'))
+  if save_logits:
+    np.save(os.path.join(output, f'{stem}.npy'),
+            np.asarray(scores, np.float32))
+  return label
+
+
+def check_layout(layout: str, domains: Sequence[str],
+                 save_probs: bool) -> None:
+  """Refuses outputs that ``layout`` has no file for.
+
+  Raises:
+    ValueError: for an unknown layout, or the SCHP layout with several
+      domains (SCHP writes one label map per image) or ``save_probs``.
+  """
+  if layout not in LAYOUTS:
+    raise ValueError(f'layout must be one of {LAYOUTS}, got {layout!r}')
+  if layout == 'schp' and len(domains) != 1:
+    raise ValueError('--layout=schp writes one label map per image, as '
+                     "SCHP's simple_extractor.py does: choose one --domain "
+                     f'(got {", ".join(domains)})')
+  if layout == 'schp' and save_probs:
+    raise ValueError('--save_probs belongs to the sst_jax layout; with '
+                     '--layout=schp, --logits writes <stem>.npy')
 
 
 def contact_sheet(rows: list, domain_names: Sequence[str],
@@ -151,16 +217,23 @@ def predict_files(parser: api.Parser, paths: Sequence[str], output: str,
                   scales: Sequence[float] = (1.0,), batch_size: int = 8,
                   save_probs: bool = False,
                   contact_sheet_path: str | None = None,
-                  average: str | None = None) -> tuple[int, list[str]]:
+                  average: str | None = None, layout: str = 'sst_jax',
+                  save_logits: bool = False) -> tuple[int, list[str]]:
   """Parses ``paths`` in batches and writes their outputs.
 
   Every batch is padded to ``batch_size`` so one compiled function serves
   the whole run (all images share the model's square input size).
   ``average`` combines test-time views (default: ``parser.average``).
+  ``layout`` is ``'sst_jax'`` (``write_outputs``) or ``'schp'``
+  (``write_schp_outputs``, one domain).
 
   Returns:
     ``(number parsed, failure messages)``.
+
+  Raises:
+    ValueError: from ``check_layout``.
   """
+  check_layout(layout, domains, save_probs)
   os.makedirs(output, exist_ok=True)
   stems = output_stems(paths)
   progress = _Progress(len(paths))
@@ -180,8 +253,14 @@ def predict_files(parser: api.Parser, paths: Sequence[str], output: str,
       scores = parser.predict_batch(images, domains, flip=flip, scales=scales,
                                     batch_size=batch_size, average=average)
       for image, stem, sc in zip(images, names, scores):
-        labels = write_outputs(output, stem, image, sc, parser.label_domains,
-                               save_probs)
+        if layout == 'schp':
+          labels = {domains[0]: write_schp_outputs(output, stem,
+                                                   sc[domains[0]],
+                                                   save_logits)}
+        else:
+          labels = write_outputs(output, stem, image, sc,
+                                 parser.label_domains, save_probs,
+                                 save_logits)
         if contact_sheet_path:
           sheet.append((image, labels))
     done = min(start + batch_size, len(paths))
@@ -227,6 +306,14 @@ def _arg_parser() -> argparse.ArgumentParser:
                   "config's data.eval_input_size)")
   ap.add_argument('--save_probs', action='store_true',
                   help='also write <stem>_<domain>_probs.npy (float16)')
+  ap.add_argument('--logits', action='store_true',
+                  help='also write the float32 scores at the original size: '
+                  '<stem>_<domain>_logits.npy, or <stem>.npy with '
+                  '--layout=schp')
+  ap.add_argument('--layout', choices=LAYOUTS, default='sst_jax',
+                  help="output files: sst_jax's (index, colour and overlay "
+                  "PNGs per domain) or SCHP simple_extractor.py's "
+                  '(<stem>.png in its palette, one domain)')
   ap.add_argument('--schp_domain', default=None,
                   help='domain of an SCHP checkpoint: lip, atr or '
                   'pascal_person_part')
@@ -250,6 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              input_size=args.input_size)
     domains = parser.resolve_domains(
         None if args.domain is None else args.domain.split(','))
+    check_layout(args.layout, domains, args.save_probs)
   except (FileNotFoundError, ValueError, KeyError) as e:
     print(f'error: {e.args[0] if isinstance(e, KeyError) else e}',
           file=sys.stderr)
@@ -262,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       parser, paths, args.output, domains, flip=args.flip,
       scales=args.scales, batch_size=args.batch_size,
       save_probs=args.save_probs, contact_sheet_path=args.contact_sheet,
-      average=args.average)
+      average=args.average, layout=args.layout, save_logits=args.logits)
   elapsed = time.perf_counter() - t0
   print(f'parsed {num_ok} of {len(paths)} images ({len(failures)} failed) '
         f'for {", ".join(domains)} into {args.output} in {elapsed:.1f}s',

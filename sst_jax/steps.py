@@ -19,6 +19,7 @@ import optax
 
 from sst_jax import losses
 from sst_jax import metrics as metrics_lib
+from sst_jax.data import transforms
 from sst_jax.models import layers
 
 
@@ -34,6 +35,44 @@ def parser_variables(params, model_state) -> dict:
   """The inference network's variables (what export keeps)."""
   return {'params': params['parser'],
           'batch_stats': model_state['batch_stats']}
+
+
+def normalize_images(image, image_hw=None):
+  """The network input: uint8 pixels -> float32, ImageNet mean and std.
+
+  Batches cross to the devices as uint8 (a quarter of float32's bytes) and
+  become the network input here, inside the compiled train, evaluation and
+  prediction functions: the one definition of the normalization
+  (``transforms.IMAGENET_MEAN``/``IMAGENET_STD``). A floating-point
+  ``image`` is already the network input (e.g. SCHP's BGR normalization,
+  the float32 contract of ``export``'s serialized function) and is returned
+  as is.
+
+  Args:
+    image: uint8 RGB ``[B, H, W, 3]``, or a normalized float array.
+    image_hw: optional int32 ``[B, 2]``, the rows and columns each uint8
+      image covers from the top-left of its canvas; the padding beyond them
+      becomes exactly 0 (the mean colour), as evaluation and prediction
+      canvases are defined.
+
+  Returns:
+    float ``[B, H, W, 3]``.
+
+  Raises:
+    TypeError: for an integer dtype other than uint8.
+  """
+  if jnp.issubdtype(image.dtype, jnp.floating):
+    return image
+  if image.dtype != jnp.uint8:
+    raise TypeError(f'images must be uint8 pixels or a normalized float '
+                    f'array, got {image.dtype}')
+  x = (image.astype(jnp.float32) - transforms.IMAGENET_MEAN) / (
+      transforms.IMAGENET_STD)
+  if image_hw is not None:
+    rows = jnp.arange(image.shape[1]) < image_hw[:, :1]    # [B, H]
+    cols = jnp.arange(image.shape[2]) < image_hw[:, 1:]    # [B, W]
+    x = jnp.where((rows[:, :, None] & cols[:, None, :])[..., None], x, 0.0)
+  return x
 
 
 def sst_rampup(step, rampup_steps: int):
@@ -61,6 +100,7 @@ def compute_losses(params, model_state, batch, rng, *, model, sst_model,
     ``(loss, (metrics, new_model_state))``.
   """
   image, label, domain = batch['image'], batch['label'], batch['domain']
+  image = normalize_images(image)  # uint8 pixels from the input pipeline
   (logits, aux), updates = model.apply(
       parser_variables(params, model_state), image, train=train,
       mutable=['batch_stats'])
@@ -138,7 +178,7 @@ def train_step(state: TrainState, batch: dict, rng, *, model, sst_model,
 def predict_logits(variables, image, *, model, heads: Sequence[str],
                    flip_perms: dict[str, np.ndarray] | None = None,
                    scales: Sequence[float] = (1.0,),
-                   average: str = 'probs') -> dict:
+                   average: str = 'probs', image_hw=None) -> dict:
   """Logits at input resolution, averaged over scales and flips.
 
   With one view the raw logits are returned. With several, ``average``
@@ -148,16 +188,20 @@ def predict_logits(variables, image, *, model, heads: Sequence[str],
   match.
 
   Args:
+    image: uint8 ``[B, S, S, 3]`` pixels or the normalized network input
+      (``normalize_images``).
     flip_perms: ``{head: permutation}`` to add the flipped view; the flipped
       prediction's left/right channels are swapped back with the domain's
       flip permutation before averaging.
     average: ``'probs'`` or ``'logits'``.
+    image_hw: the uint8 images' extent in the canvas (``normalize_images``).
 
   Raises:
     ValueError: on another ``average``.
   """
   if average not in ('probs', 'logits'):
     raise ValueError(f"average must be 'probs' or 'logits', got {average!r}")
+  image = normalize_images(image, image_hw)
   size = image.shape[1:3]
   views = {h: [] for h in heads}
   for s in scales:
@@ -209,7 +253,7 @@ def label_grid_logits(variables, batch, *, model,
   Returns:
     ``[B, L, L, C]`` (L: ``eval.label_size``, C: the largest class count).
   """
-  image = batch['image']
+  image = normalize_images(batch['image'], batch.get('image_hw'))
   if tuple(scales) == (1.0,) and not flip_perms:
     # One view: the upsampling of the parser's (stride-4) logits to the input
     # and the mapping onto the label grid are both linear along each axis, so

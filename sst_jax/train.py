@@ -62,6 +62,18 @@ def validate_config(config) -> tuple[domains_lib.Domain, ...]:
         'config.data.final_crop_size must be >= 0 and, when set, '
         'config.data.final_crop_steps in [1, total_steps='
         f'{config.total_steps}]; got {final_size} and {final_steps}')
+  if (config.sst.enabled and config.sst.variant == 'drawn'
+      and config.mode_sst == 'dedicated'):
+    raise ValueError(
+        "config.mode_sst='dedicated' trains with sst.variant='first'; "
+        "dedicated parsing from a frozen source with sst.variant='drawn' is "
+        'not available yet')
+  if (config.sst.enabled and config.sst.variant == 'drawn'
+      and config.sst.fixed_batch and config.mode_sst == 'universal'
+      and config.batch_size < len(config.domains)):
+    raise ValueError(
+        f'config.sst.fixed_batch: batch_size={config.batch_size} cannot hold '
+        f'an image of each of the {len(config.domains)} domains')
   aux = config.sst.get('dedicated_aux_batch', 0)
   if not isinstance(aux, int) or aux < 0:
     raise ValueError('config.sst.dedicated_aux_batch must be an integer >= 0, '
@@ -93,10 +105,17 @@ def batch_groups(config, mix):
   as a single-domain run with the same ``batch_size``.
   """
   aux = dedicated_aux_batch(config)
-  if not aux:
-    return None
-  others = {n: w for n, w in mix.items() if n != config.target}
-  return [({config.target: 1.0}, config.batch_size), (others, aux)]
+  if aux:
+    others = {n: w for n, w in mix.items() if n != config.target}
+    return [({config.target: 1.0}, config.batch_size), (others, aux)]
+  if (config.sst.enabled and config.sst.variant == 'drawn'
+      and config.sst.fixed_batch):
+    # SST as drawn: every step holds every domain in use (its node sets and
+    # every domain pair exist in each step), in equal shares.
+    used = [n for n in config.domains if float(mix.get(n, 1.0)) > 0]
+    rows, extra = divmod(config.batch_size, len(used))
+    return [({n: 1.0}, rows + (i < extra)) for i, n in enumerate(used)]
+  return None
 
 
 def final_crop_start(config) -> int:
@@ -128,7 +147,8 @@ def init_train_state(rng, *, model, sst_model, tx, image_size: int):
     sst_vars = sst_model.init({'params': r_sst, 'dropout': r_sst}, logits, aux,
                               label, jnp.zeros((2,), jnp.int32), train=False)
     params['sst'] = sst_vars['params']
-    model_state['sst_memory'] = sst_vars['sst_memory']
+    # Empty for modules that keep no statistics (e.g. sst.intra='learned').
+    model_state['sst_memory'] = sst_vars.get('sst_memory', {})
   return steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           model_state=model_state, opt_state=tx.init(params))
 
@@ -150,6 +170,7 @@ def run_init(init_fn, sharding, rng):
 def checkpoint_metadata(config, domains, step: int) -> dict:
   return {
       'step': int(step),
+      **checkpointing.format_fields(),
       'domains': [d.to_json() for d in domains],
       'mode_sst': config.mode_sst,
       'target': config.target,
@@ -320,7 +341,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     return data_cfg
 
   def make_iterator(first_index):
-    """The iterator from batch ``first_index`` on, at that phase's crop."""
+    """Device batches from ``first_index`` to the phase's end, at its crop.
+
+    Placed on the mesh one step ahead (``config.data.device_prefetch``).
+    """
     data_cfg = phase_data_config(first_index)
     if first_index >= switch:
       writers.echo(f'steps {first_index + 1}-{config.total_steps}: '
@@ -329,7 +353,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         domain_names, data_cfg, global_batch, config.seed,
         jax.process_index(), jax.process_count(),
         groups=batch_groups(config, mix))
-    return pipeline.train_iterator(dataset, data_cfg, start_step=first_index)
+    stop = config.total_steps
+    if first_index < switch:
+      stop = min(switch, stop)
+    return parallel.DevicePrefetcher(
+        pipeline.train_iterator(dataset, data_cfg, start_step=first_index,
+                                stop_step=stop),
+        mesh, config.data.device_prefetch)
 
   train_step = jit_train_step(config, model, sst_model, tx, domain_names,
                               lr_fn, mesh)
@@ -402,8 +432,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       pool.shutdown(wait=False)
 
   def save(step, force=False):
-    checkpointing.save(manager, step, state, data_iter.get_state(),
-                       checkpoint_metadata(config, domains, step), force)
+    with jax.transfer_guard('allow'):  # Checkpoints copy the state to host.
+      checkpointing.save(manager, step, state, data_iter.get_state(),
+                         checkpoint_metadata(config, domains, step), force)
 
   def evaluate(step):
     nonlocal eval_compiled
@@ -414,12 +445,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       eval_compiled = None
     variables = steps.parser_variables(state.params, state.model_state)
     extra = None
-    if assoc_fn is not None:
-      extra = sst_lib.association_images(
-          assoc_fn(state.params['sst'], state.model_state['sst_memory']),
-          domains)
-    scores = evaluator(variables, step=step, workdir=workdir, writer=writer,
-                       extra_images=extra)
+    # Evaluation places its batches and fetches scores and pictures.
+    with jax.transfer_guard('allow'):
+      if assoc_fn is not None:
+        extra = sst_lib.association_images(
+            assoc_fn(state.params['sst'], state.model_state['sst_memory']),
+            domains)
+      scores = evaluator(variables, step=step, workdir=workdir,
+                         writer=writer, extra_images=extra)
     # Process 0 writes the images and events; the others wait here.
     parallel.sync_processes('evaluated', config.multihost.sync_timeout_s)
     return scores
@@ -433,46 +466,50 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   step = start_step
   parallel.sync_processes('training start', config.multihost.sync_timeout_s)
   t_start = time.perf_counter()
-  while step < config.total_steps:
-    if step == switch and step != start_step:
-      if final_compiled is not None:
-        final_compiled.result()  # rather than compiling it a second time
-      data_iter = make_iterator(step)
-      if sequential:
-        precompile_train_step(train_step, abstract, rng,
-                              pipeline.train_batch_spec(
-                                  phase_data_config(switch), global_batch),
-                              mesh)
-        parallel.sync_processes('final crop phase',
-                                config.multihost.sync_timeout_s)
-    batch = parallel.shard_batch(next(data_iter), mesh)
-    state, metrics = train_step(state, batch, rng)
-    step += 1
-    pending.append(metrics)
-    is_last = step == config.total_steps
-    do_ckpt = step % config.checkpoint_every == 0 or is_last
-    do_eval = (config.eval_every and step % config.eval_every == 0) or is_last
-    if step % config.log_every == 0 or do_ckpt or do_eval:
-      host = jax.device_get(pending)
-      bad = [last_flush + 1 + i for i, m in enumerate(host)
-             if m['nonfinite'] > 0]
-      if bad:
-        manager.wait_until_finished()
-        raise FloatingPointError(
-            f'non-finite loss at step {bad[0]} (between steps {last_flush + 1}'
-            f' and {step}); no update was applied from that step on. The last'
-            f' good checkpoint is step {manager.latest_step()} in '
-            f'{manager.directory}')
-      means = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-      means['lr'] = float(host[-1].get('lr', 0.0))
-      info = progress.update(step)
-      writer.write(step, 'train', dict(means, **info))
-      writers.echo(progress.line(step, means['loss'], info))
-      pending, last_flush = [], step
-    if do_ckpt:
-      save(step, force=is_last)
-    if do_eval:
-      results = evaluate(step)
+  # The steps make no implicit host<->device transfer (a hidden sync stalls
+  # an accelerator); checkpoints and evaluations allow theirs.
+  with jax.transfer_guard(config.transfer_guard):
+    while step < config.total_steps:
+      if step == switch and step != start_step:
+        if final_compiled is not None:
+          final_compiled.result()  # rather than compiling it a second time
+        data_iter = make_iterator(step)
+        if sequential:
+          precompile_train_step(train_step, abstract, rng,
+                                pipeline.train_batch_spec(
+                                    phase_data_config(switch), global_batch),
+                                mesh)
+          parallel.sync_processes('final crop phase',
+                                  config.multihost.sync_timeout_s)
+      batch = next(data_iter)  # placed on the mesh a step ahead
+      state, metrics = train_step(state, batch, rng)
+      step += 1
+      pending.append(metrics)
+      is_last = step == config.total_steps
+      do_ckpt = step % config.checkpoint_every == 0 or is_last
+      do_eval = (config.eval_every and step % config.eval_every == 0
+                 ) or is_last
+      if step % config.log_every == 0 or do_ckpt or do_eval:
+        host = jax.device_get(pending)  # the one fetch per log interval
+        bad = [last_flush + 1 + i for i, m in enumerate(host)
+               if m['nonfinite'] > 0]
+        if bad:
+          manager.wait_until_finished()
+          raise FloatingPointError(
+              f'non-finite loss at step {bad[0]} (between steps '
+              f'{last_flush + 1} and {step}); no update was applied from that '
+              f'step on. The last good checkpoint is step '
+              f'{manager.latest_step()} in {manager.directory}')
+        means = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+        means['lr'] = float(host[-1].get('lr', 0.0))
+        info = progress.update(step)
+        writer.write(step, 'train', dict(means, **info))
+        writers.echo(progress.line(step, means['loss'], info))
+        pending, last_flush = [], step
+      if do_ckpt:
+        save(step, force=is_last)
+      if do_eval:
+        results = evaluate(step)
   if results is None:
     results = evaluate(step)
   manager.wait_until_finished()

@@ -262,6 +262,106 @@ def _simple_extractor_settings(root: str) -> dict:
   raise AssertionError('simple_extractor.py has no dataset_settings')
 
 
+def _torchvision_transforms() -> types.ModuleType:
+  """``torchvision.transforms`` with what ``simple_extractor.py`` uses.
+
+  torchvision cannot be imported next to the CPU torch. ``Compose``,
+  ``ToTensor`` (HWC uint8 -> CHW float in [0, 1]) and ``Normalize``
+  (``(x - mean) / std`` per channel) compute what torchvision's do.
+  """
+  import torch  # pylint: disable=g-import-not-at-top
+
+  class Compose:
+
+    def __init__(self, transforms):
+      self.transforms = transforms
+
+    def __call__(self, x):
+      for t in self.transforms:
+        x = t(x)
+      return x
+
+  class ToTensor:
+
+    def __call__(self, image):
+      x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+      return x.contiguous().float().div(255)
+
+  class Normalize:
+
+    def __init__(self, mean, std):
+      self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+      self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
+
+    def __call__(self, x):
+      return x.sub(self.mean).div(self.std)
+
+  module = types.ModuleType('torchvision.transforms')
+  module.Compose, module.ToTensor, module.Normalize = (Compose, ToTensor,
+                                                       Normalize)
+  return module
+
+
+@functools.lru_cache(maxsize=None)
+def simple_extractor() -> types.ModuleType:
+  """``simple_extractor.py`` imported as a module.
+
+  Its sibling imports (``networks``, ``utils.transforms``,
+  ``datasets.simple_extractor_dataset``) are the package's modules and
+  ``torchvision.transforms`` is ``_torchvision_transforms``; ``main``,
+  ``get_palette`` and ``dataset_settings`` are the script's own.
+  """
+  ref = load()
+  transforms = _torchvision_transforms()
+  torchvision = types.ModuleType('torchvision')
+  torchvision.transforms = transforms
+  aliases = {
+      'networks': importlib.import_module('schp.networks'),
+      'utils': importlib.import_module('schp.utils'),
+      'utils.transforms': ref.transforms,
+      'datasets': importlib.import_module('schp.datasets'),
+      'datasets.simple_extractor_dataset': ref.extractor_dataset,
+      'torchvision': torchvision,
+      'torchvision.transforms': transforms,
+  }
+  with _aliased_modules(aliases):
+    return _import_file('schp_simple_extractor',
+                        os.path.join(package_dir(), 'simple_extractor.py'))
+
+
+def run_simple_extractor(argv: list[str], *, init_model,
+                         input_size: tuple[int, int] | None = None) -> None:
+  """Runs ``simple_extractor.py``'s ``main()`` with command-line ``argv``.
+
+  The script runs as it is, with three things replaced around it:
+  ``.cuda()`` of modules and tensors returns them unchanged (it moves both to
+  the GPU; this is a CPU process), ``networks.init_model`` is ``init_model``
+  (the script builds ResNet-101; the tests' checkpoints are smaller), and
+  with ``input_size`` the chosen dataset's input size is that (the script's
+  are 473 and 512). The environment variable it sets is restored.
+  """
+  import torch  # pylint: disable=g-import-not-at-top
+  script = simple_extractor()
+  with mock.patch.object(sys, 'argv', ['simple_extractor.py', *argv]):
+    name = script.get_arguments().dataset
+  settings = dict(script.dataset_settings[name])
+  if input_size is not None:
+    settings['input_size'] = list(input_size)
+  with contextlib.ExitStack() as stack:
+    stack.enter_context(mock.patch.object(
+        torch.nn.Module, 'cuda', lambda self, *a, **k: self))
+    stack.enter_context(mock.patch.object(
+        torch.Tensor, 'cuda', lambda self, *a, **k: self))
+    stack.enter_context(mock.patch.object(script.networks, 'init_model',
+                                          init_model))
+    stack.enter_context(mock.patch.dict(script.dataset_settings,
+                                        {name: settings}))
+    stack.enter_context(mock.patch.dict(os.environ))
+    stack.enter_context(mock.patch.object(
+        sys, 'argv', ['simple_extractor.py', *argv]))
+    script.main()
+
+
 def to_tensor_normalize(networks):
   """``transforms.Compose([ToTensor(), Normalize(mean, std)])`` of
   ``simple_extractor.py``, with SCHP's ``pretrained_settings`` statistics.

@@ -75,3 +75,22 @@ def test_count_flops_grows_with_the_image_and_counts_the_backward():
   assert 3.5 < counts[64]['forward'] / counts[32]['forward'] < 4.5
   # The train step runs the forward, the backward (~2x) and the update.
   assert 2.5 < counts[32]['train'] / counts[32]['forward'] < 4.0
+
+
+def test_ablation_table_pairs_each_seed_with_the_reference_row():
+  import ablation  # pylint: disable=g-import-not-at-top
+  rows = [('base', 'baseline'), ('sst', 'sst')]
+  results = {('baseline', 0): {'synthetic_pascal': 0.50},
+             ('baseline', 1): {'synthetic_pascal': 0.60},
+             ('sst', 0): {'synthetic_pascal': 0.52},
+             ('sst', 1): {'synthetic_pascal': 0.64}}
+  lines = ablation.table(rows, results, [0, 1])
+  assert lines[2].startswith('| base (`baseline`) | 0.550 ± 0.050 |')
+  # Per-seed differences +0.02 and +0.04: mean +0.030, spread 0.010 (the
+  # unpaired spreads, 0.050 and 0.060, would hide it).
+  assert lines[3].endswith('| 0.580 ± 0.060 | pascal +0.030 ± 0.010 |')
+  assert set(ablation.GROUPS) == {'universal', 'scalability', 'low_data'}
+  from configs import synthetic  # every row's config resolves
+  for group in ablation.GROUPS.values():
+    for _, arg in group:
+      synthetic.get_config(arg)

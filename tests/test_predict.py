@@ -247,9 +247,8 @@ def test_fit_and_map_back_are_aligned(fit):
   image = np.repeat(ramp[..., None], 3, -1).astype(np.uint8)
   if fit == 'pad':
     canvas, layout = api.fit_pad(image, 32)
-    pixels = canvas * (np.array(pretrained.IMAGENET_PREPROCESSING.std) * 255
-                       ) + np.array(pretrained.IMAGENET_PREPROCESSING.mean
-                                    ) * 255
+    assert canvas.dtype == np.uint8  # normalized by the compiled forward
+    pixels = canvas.astype(np.float32)
   else:
     canvas, layout = api.fit_schp(image, 32)
     pre = pretrained.SCHP_PREPROCESSING
@@ -260,3 +259,56 @@ def test_fit_and_map_back_are_aligned(fit):
   err = np.abs(back - ramp)[1:-1, 1:-1].max()
   print(f'{fit}: max interior error {err:.3f}')
   assert err < 1.5  # Both fits round their bilinear output to uint8.
+
+
+def test_schp_layout_writes_what_simple_extractor_writes(model_dirs, parser,
+                                                         tmp_path):
+  """``--layout=schp --logits``: ``<stem>.png`` and ``<stem>.npy`` only.
+
+  The PNG is paletted with exactly the domain's colours (SCHP's
+  ``get_palette``, checked against SCHP's own code in
+  ``test_schp_parity.py``) at the original size, its pixels the argmax of
+  the float32 logits in the ``.npy``, which are ``Parser.logits``.
+  """
+  domain = 'synthetic_cihp'
+  photos = tmp_path / 'photos'
+  photos.mkdir()
+  sizes = {'a': (37, 53), 'b': (64, 20)}
+  Image.fromarray(_photo(*sizes['a'])).save(photos / 'a.jpg')
+  Image.fromarray(_photo(*sizes['b'], seed=1)).save(photos / 'b.png')
+  out = tmp_path / 'out'
+  status = predict.main([f'--model={model_dirs[1]}', f'--input={photos}',
+                         f'--output={out}', f'--domain={domain}',
+                         '--layout=schp', '--logits', '--batch_size=2'])
+  assert status == 0
+  assert sorted(os.listdir(out)) == ['a.npy', 'a.png', 'b.npy', 'b.png']
+  num_classes = parser.label_domains[domain].num_classes
+  palette = predict.schp_palette(num_classes)
+  np.testing.assert_array_equal(np.reshape(palette, (-1, 3)),
+                                parser.label_domains[domain].palette)
+  for stem, (h, w) in sizes.items():
+    with Image.open(out / f'{stem}.png') as im:
+      assert (im.format, im.mode, im.size) == ('PNG', 'P', (w, h))
+      assert im.getpalette() == palette
+      label = np.asarray(im)
+    logits = np.load(out / f'{stem}.npy')
+    assert logits.dtype == np.float32
+    assert logits.shape == (h, w, num_classes)
+    np.testing.assert_array_equal(label, np.argmax(logits, axis=-1))
+    assert len(np.unique(label)) > 1
+    path = next(photos.glob(f'{stem}.*'))
+    np.testing.assert_allclose(logits, parser.logits(path, domain),
+                               atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize('flags', [['--domain=all'], ['--save_probs']])
+def test_schp_layout_refuses_what_it_cannot_write(model_dirs, tmp_path,
+                                                  capsys, flags):
+  Image.fromarray(_photo(20, 20)).save(tmp_path / 'p.png')
+  status = predict.main([f'--model={model_dirs[1]}',
+                         f'--input={tmp_path / "p.png"}',
+                         f'--output={tmp_path / "out"}', '--layout=schp',
+                         *flags])
+  assert status == 2
+  assert '--layout=schp' in capsys.readouterr().err
+  assert not (tmp_path / 'out').exists()

@@ -383,3 +383,88 @@ def test_mean_iu_is_schp_miou_file(ref, tmp_path, capsys):
   assert f'{ours["miou"]:.4f}' in line and f'{ours["miou_all"]:.4f}' in line
   assert 'present' in line and 'Mean IU' in line
   capsys.readouterr()  # SCHP's function prints its scores.
+
+
+def _png_chunks(path) -> dict:
+  """``{chunk type: data}`` of a PNG's header and palette chunks."""
+  data = open(path, 'rb').read()
+  chunks, pos = {}, 8
+  while pos < len(data):
+    size = int.from_bytes(data[pos:pos + 4], 'big')
+    kind = data[pos + 4:pos + 8].decode('ascii')
+    if kind in ('IHDR', 'PLTE', 'tRNS'):
+      chunks[kind] = data[pos + 8:pos + 8 + size]
+    pos += 12 + size
+  return chunks
+
+
+# At SIZE = 65: SCHP's warps copy pixels for the first three, not the last.
+LAYOUT_PHOTO_SIZES = ((65, 65), (41, 65), (65, 33), (50, 80))
+
+
+def test_schp_layout_is_simple_extractor_output(ref, checkpoint, tmp_path):
+  """(d) ``predict --layout=schp --logits`` writes SCHP's folder output.
+
+  SCHP's ``simple_extractor.py`` itself (its ``main()``: dataset, network,
+  inverse warp, ``get_palette``, PNG and ``.npy`` writing) and the CLI run
+  on one folder with one checkpoint at a 65 x 65 input. The same files
+  come out: same names, the same PNG header and palette chunks, labels
+  equal off ties where SCHP's warps copy pixels, logits within float32
+  noise there; and given SCHP's scores, the writer produces SCHP's PNG byte
+  for byte.
+  """
+  model, path = checkpoint
+  net = ref.networks
+
+  def init_model(name, num_classes, pretrained):
+    # The checkpoint's depth (the script hard-codes ResNet-101).
+    assert (name, pretrained) == ('resnet101', None)
+    return net.ResNet(net.Bottleneck, [3, 4, 6, 3], num_classes)
+
+  folder, theirs, ours = (tmp_path / 'photos', tmp_path / 'schp',
+                          tmp_path / 'ours')
+  _write_photos(folder, LAYOUT_PHOTO_SIZES)
+  schp_reference.run_simple_extractor(
+      ['--dataset=lip', f'--model-restore={path}', f'--input-dir={folder}',
+       f'--output-dir={theirs}', '--logits'],
+      init_model=init_model, input_size=(SIZE, SIZE))
+  # --batch_size=5: the program of test_logits_at_original_size (cached).
+  status = predict.main([f'--model={path}', '--schp_domain=lip',
+                         f'--input={folder}', f'--output={ours}',
+                         f'--input_size={SIZE}', '--layout=schp', '--logits',
+                         '--batch_size=5'])
+  assert status == 0
+  names = sorted(os.listdir(theirs))
+  assert names == sorted(f'p{i}.{ext}' for i in range(4)
+                         for ext in ('npy', 'png'))
+  assert sorted(os.listdir(ours)) == names
+  script = schp_reference.simple_extractor()
+  assert predict.schp_palette(NUM_CLASSES) == script.get_palette(NUM_CLASSES)
+  copies = 0
+  for i, (h, w) in enumerate(LAYOUT_PHOTO_SIZES):
+    their_png, our_png = theirs / f'p{i}.png', ours / f'p{i}.png'
+    assert _png_chunks(our_png) == _png_chunks(their_png)
+    with Image.open(their_png) as a, Image.open(our_png) as b:
+      assert (a.mode, a.size) == (b.mode, b.size) == ('P', (w, h))
+      assert a.getpalette() == b.getpalette()
+      label = np.asarray(b)
+    their_logits = np.load(theirs / f'p{i}.npy')
+    our_logits = np.load(ours / f'p{i}.npy')
+    assert our_logits.dtype == their_logits.dtype == np.float32
+    assert our_logits.shape == their_logits.shape == (h, w, NUM_CLASSES)
+    copy = (h, w) in LAYOUT_PHOTO_SIZES[:3]
+    agree, ties = _compare_labels(label, their_logits, copy)
+    rel = _rel(our_logits, their_logits)
+    print(f'{h}x{w} (copy: {copy}): labels agree on {agree:.3%}, {ties} '
+          f'ties, logits rel diff {rel:.1e}')
+    assert rel < (RTOL if copy else 1e-2)
+    copies += copy
+    # The writer, given SCHP's own scores, writes SCHP's file exactly.
+    (tmp_path / 'rewritten').mkdir(exist_ok=True)
+    predict.write_schp_outputs(str(tmp_path / 'rewritten'), f'p{i}',
+                               their_logits, save_logits=True)
+    assert (tmp_path / 'rewritten' / f'p{i}.png').read_bytes() == (
+        their_png.read_bytes())
+    assert (tmp_path / 'rewritten' / f'p{i}.npy').read_bytes() == (
+        (theirs / f'p{i}.npy').read_bytes())
+  assert copies == 3

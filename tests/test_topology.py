@@ -19,7 +19,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PROBE = REPO / 'tests' / 'topology_probe.py'

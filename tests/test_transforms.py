@@ -55,7 +55,7 @@ def test_train_transform_never_invents_label_values():
     img, lab = transforms.train_transform(
         rec, np.random.default_rng(seed), d, (32, 32), (0.5, 1.7),
         rotation=15, jitter=0.3)
-    assert img.shape == (32, 32, 3) and img.dtype == np.float32
+    assert img.shape == (32, 32, 3) and img.dtype == np.uint8
     assert lab.shape == (32, 32)
     flipped_values = {int(d.flip_permutation[v]) if v < d.num_classes else v
                       for v in values}
@@ -139,11 +139,12 @@ def test_label_grid_logits_compose_the_two_resizes_exactly():
   batch = {k: jnp.asarray(np.stack([e[k] for e in examples]))
            for k in examples[0]}
   batch['domain'] = jnp.asarray([0, 1, 1], jnp.int32)
-  variables = model.init(jax.random.key(0), batch['image'])
+  variables = model.init(jax.random.key(0), steps.normalize_images(
+      batch['image'], batch['image_hw']))
   got = steps.label_grid_logits(variables, batch, model=model,
                                 domain_names=names)
   logits = steps.predict_logits(variables, batch['image'], model=model,
-                                heads=names)
+                                heads=names, image_hw=batch['image_hw'])
   assert logits['lip'].shape[1:3] == (32, 32)
   own = steps.own_domain_logits(logits, batch['domain'], names)
   want = jnp.einsum('bmw,blwc->blmc', batch['resize_w'],

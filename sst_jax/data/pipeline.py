@@ -5,7 +5,10 @@ the streams are mixed with ``config.data.mix`` weights (or one domain per
 batch with ``batching='per_domain'``), augmented with a per-example RNG
 derived from the seed and the example's position, and batched. The dataset
 is random access, so a batch is a pure function of (seed, step): the
-iterator state is one integer and resuming continues exactly.
+iterator state is one integer and resuming continues exactly, with any
+number of threads or worker processes (``config.data.num_workers``).
+
+Images stay uint8 (``transforms``); the compiled steps normalize them.
 
 Multi-host: each process reads only its own rows of every global batch.
 """
@@ -16,6 +19,7 @@ import functools
 import sys
 from typing import Iterator, Mapping, Sequence
 
+from absl import flags
 import grain
 import numpy as np
 
@@ -47,7 +51,7 @@ def train_batch_spec(data_cfg, batch_size: int) -> dict[str, tuple]:
   input pipeline starts (``train.train_and_evaluate``).
   """
   h, w = crop_hw(data_cfg)
-  return {'image': ((batch_size, h, w, 3), np.dtype(np.float32)),
+  return {'image': ((batch_size, h, w, 3), np.dtype(np.uint8)),
           'label': ((batch_size, h, w), np.dtype(np.uint8)),
           'domain': ((batch_size,), np.dtype(np.int32))}
 
@@ -56,7 +60,8 @@ def eval_batch_spec(data_cfg, batch_size: int) -> dict[str, tuple]:
   """``(shape, dtype)`` of every array of ``eval_batches``' batches."""
   s, l = data_cfg.eval_input_size, data_cfg.eval_label_size
   f32 = np.dtype(np.float32)
-  return {'image': ((batch_size, s, s, 3), f32),
+  return {'image': ((batch_size, s, s, 3), np.dtype(np.uint8)),
+          'image_hw': ((batch_size, 2), np.dtype(np.int32)),
           'label': ((batch_size, l, l), np.dtype(np.uint8)),
           'resize_h': ((batch_size, l, s), f32),
           'resize_w': ((batch_size, l, s), f32),
@@ -180,15 +185,74 @@ def train_dataset(domain_names: Sequence[str], data_cfg, global_batch: int,
       local, drop_remainder=True, batch_fn=_stack)
 
 
-def train_iterator(dataset: grain.MapDataset, data_cfg,
-                   start_step: int = 0) -> Iterator[dict]:
-  """Threaded prefetching iterator starting at batch ``start_step``."""
-  it = dataset.to_iter_dataset(grain.ReadOptions(
-      num_threads=data_cfg.num_threads,
-      prefetch_buffer_size=data_cfg.prefetch)).__iter__()
-  if start_step:
-    it.set_state({'next_index': int(start_step)})
-  return it
+class TrainIterator:
+  """Batches ``start_step, start_step + 1, ...`` of a training dataset.
+
+  Threads of this process (``data_cfg.num_threads``) decode and augment
+  ahead, or, with ``data_cfg.num_workers > 0``, that many worker processes
+  (grain's ``mp_prefetch``) each with its own threads: the decode and
+  augmentation of a many-core host then escapes the GIL of the training
+  process. Worker ``i`` of ``n`` builds batches ``i, i + n, ...`` and they
+  come back in order, so the batches are the same whatever ``n``.
+
+  The state is ``{'next_index': i}``, the index of the next batch returned,
+  however far ahead the threads or workers have read: a checkpoint taken
+  between steps resumes exactly (``set_state`` or ``start_step``).
+  """
+
+  def __init__(self, dataset: grain.MapDataset, data_cfg, start_step: int = 0,
+               stop_step: int | None = None):
+    self._dataset, self._cfg, self._stop = dataset, data_cfg, stop_step
+    self._it = None
+    self._start(start_step)
+
+  def _start(self, index: int) -> None:
+    self.close()
+    self._next = int(index)
+    # Slicing a random-access dataset is free: the batch at position 0 of
+    # the slice is batch ``index`` of the whole, built from its own seed.
+    ds = self._dataset[self._next:self._stop].to_iter_dataset(
+        grain.ReadOptions(num_threads=self._cfg.num_threads,
+                          prefetch_buffer_size=self._cfg.prefetch))
+    if self._cfg.num_workers:
+      # grain reads its absl flags' defaults when it starts the workers,
+      # also in programs that parse no absl flags (tests, benchmarks).
+      if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+      ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+          num_workers=self._cfg.num_workers,
+          per_worker_buffer_size=self._cfg.worker_buffer))
+    self._it = iter(ds)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    batch = next(self._it)
+    self._next += 1
+    return batch
+
+  def get_state(self) -> dict:
+    return {'next_index': self._next}
+
+  def set_state(self, state: Mapping[str, int]) -> None:
+    self._start(state['next_index'])
+
+  def close(self) -> None:
+    """Stops the threads or worker processes reading ahead."""
+    if self._it is not None and hasattr(self._it, 'close'):
+      self._it.close()
+    self._it = None
+
+
+def train_iterator(dataset: grain.MapDataset, data_cfg, start_step: int = 0,
+                   stop_step: int | None = None) -> TrainIterator:
+  """Prefetching iterator over batches ``[start_step, stop_step)``.
+
+  ``stop_step`` (None: no end) keeps the read-ahead from building batches
+  past the end of a training phase (``train.train_and_evaluate``).
+  """
+  return TrainIterator(dataset, data_cfg, start_step, stop_step)
 
 
 def _eval_example(index, record, *, domain_index, cfg):

@@ -1,8 +1,10 @@
 """Per-example transforms: random scale/crop/rotate, flip with label swap.
 
-Images are uint8 ``[H, W, 3]``, labels uint8 ``[H, W]`` class-id maps.
-Labels are only ever resampled with nearest neighbour, so no transform can
-invent a class value; padding uses the ignore id 255.
+Images are uint8 ``[H, W, 3]``, labels uint8 ``[H, W]`` class-id maps, in
+and out: normalization happens on the device, inside the compiled steps
+(``steps.normalize_images``), so batches cross to it as uint8. Labels are only
+ever resampled with nearest neighbour, so no transform can invent a class
+value; padding uses the ignore id 255.
 """
 
 from __future__ import annotations
@@ -14,16 +16,11 @@ from PIL import Image
 
 from sst_jax.domains import IGNORE_ID, Domain
 
+# The network's input normalization, ``(pixel - IMAGENET_MEAN) /
+# IMAGENET_STD`` in float32. Batches carry uint8 pixels; the compiled steps
+# apply it (``steps.normalize_images``).
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
-
-
-def normalize(image: np.ndarray) -> np.ndarray:
-  """uint8 (or float32 0..255) RGB -> float32, ImageNet mean/std."""
-  x = image.astype(np.float32)  # A copy: the in-place steps touch only it.
-  x -= IMAGENET_MEAN
-  x /= IMAGENET_STD
-  return x
 
 
 def hflip(image: np.ndarray, label: np.ndarray | None, domain: Domain):
@@ -209,7 +206,7 @@ def train_transform(record: dict, rng: np.random.Generator, domain: Domain,
   domain's left/right swap, optional colour jitter.
 
   Returns:
-    ``(image, label)``: float32 normalized ``[h, w, 3]``, uint8 ``[h, w]``.
+    ``(image, label)``: uint8 ``[h, w, 3]`` and ``[h, w]``.
   """
   image, label = record['image'], record['label']
   h, w = label.shape
@@ -228,11 +225,7 @@ def train_transform(record: dict, rng: np.random.Generator, domain: Domain,
   if flip and rng.random() < 0.5:
     image, label = hflip(image, label, domain)
   if jitter:
-    image = _color_jitter_float(image, rng, jitter)
-  else:
-    image = image.astype(np.float32)
-  image -= IMAGENET_MEAN  # normalize(), in place on this fresh float array.
-  image /= IMAGENET_STD
+    image = color_jitter(image, rng, jitter)
   return image, np.ascontiguousarray(label)
 
 
@@ -267,6 +260,12 @@ def eval_transform(record: dict, input_size: int, label_size: int) -> dict:
   The label stays at its original resolution (padded with ignore to a
   ``label_size`` square) so scores are computed on the original pixels; the
   ``resize_h``/``resize_w`` matrices map predictions back to it exactly.
+
+  Returns:
+    ``{'image': uint8 [S, S, 3], 'image_hw': int32 [2], 'label': uint8
+    [L, L], 'resize_h', 'resize_w': float32 [L, S]}``: the image resized
+    into the top-left ``image_hw`` of the canvas, the rest filled with the
+    mean colour; ``steps.normalize_images`` sets that padding to exactly 0.
   """
   image, label = record['image'], record['label']
   h, w = label.shape
@@ -278,13 +277,14 @@ def eval_transform(record: dict, input_size: int, label_size: int) -> dict:
       max(int(round(w * r)), 1), input_size)
   if (nh, nw) != (h, w):
     image, _ = resize(image, None, (nh, nw))
-  canvas = np.empty((input_size, input_size, 3), np.float32)
-  canvas[...] = 0.0  # the normalized mean colour
-  canvas[:nh, :nw] = normalize(image)
+  canvas = np.empty((input_size, input_size, 3), np.uint8)
+  canvas[...] = IMAGENET_MEAN.astype(np.uint8)
+  canvas[:nh, :nw] = image
   lab = np.full((label_size, label_size), IGNORE_ID, np.uint8)
   lab[:h, :w] = label
   return {
       'image': canvas,
+      'image_hw': np.array([nh, nw], np.int32),
       'label': lab,
       'resize_h': eval_resize_matrix(h, nh, input_size, label_size),
       'resize_w': eval_resize_matrix(w, nw, input_size, label_size),

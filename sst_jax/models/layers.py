@@ -189,9 +189,19 @@ class Conv1x1(nn.Module):
     y = jnp.einsum('nhwc,cd->nhwd', x.astype(self.dtype),
                    kernel[0, 0].astype(self.dtype))
     if self.use_bias:
-      y = y + self.param('bias', nn.initializers.zeros,
-                         (self.features,)).astype(self.dtype)
+      y = add_bias(y, self.param('bias', nn.initializers.zeros,
+                                 (self.features,)))
     return y
+
+
+def add_bias(y: jnp.ndarray, bias: jnp.ndarray) -> jnp.ndarray:
+  """``y + bias`` added in float32, returned in ``y``'s dtype.
+
+  The bias's gradient is the output gradient summed over every pixel of the
+  batch: added in float32, that sum is float32 too, where in bfloat16 (8
+  significant bits) the terms of a sum over 10^5 pixels would be lost.
+  """
+  return (y.astype(jnp.float32) + bias.astype(jnp.float32)).astype(y.dtype)
 
 
 @jax.custom_jvp
@@ -345,8 +355,8 @@ class Conv(nn.Module):
     y = _conv(x, kernel, self.strides, self.padding, self.kernel_dilation,
               self.kernel_grad)
     if self.use_bias:
-      y = y + self.param('bias', nn.initializers.zeros,
-                         (self.features,)).astype(self.dtype)
+      y = add_bias(y, self.param('bias', nn.initializers.zeros,
+                                 (self.features,)))
     return y
 
 

@@ -117,7 +117,7 @@ class Decoder(nn.Module):
       x = ConvBNReLU(self.features, 3, self.dtype, self.kernel_grad,
                      name='fuse1')(x, train)
     return ConvBNReLU(self.features, 3, self.dtype, self.kernel_grad,
-                      name='fuse2')(x, train)
+                      name='fuse2')(x, train), x
 
 
 class EdgeBranch(nn.Module):
@@ -193,20 +193,15 @@ class Parser(nn.Module):
       ``(logits, aux)`` as described in the module docstring.
     """
     grad = layers.resolve_kernel_grad(self.conv_kernel_grad)
-    feats = resnet.make_resnet(
-        self.backbone, width=self.width, output_stride=self.output_stride,
-        deep_stem=self.deep_stem, dilate_first_block=self.dilate_first_block,
-        dtype=self.dtype, conv_kernel_grad=grad,
-        residual_relu=self.residual_relu, name='backbone')(
-            image, train)
+    feats = backbone_of(self, name='backbone')(image, train)
     context = PyramidPooling(self.context_features, self.psp_bins,
                              self.dtype, grad, self.factored_convs,
                              name='context')(feats['res5'], train)
-    decoder = Decoder(self.decoder_features, dtype=self.dtype,
-                      kernel_grad=grad, factored=self.factored_convs,
-                      name='decoder')(context, feats['res2'], train)
+    decoder, fuse1 = Decoder(self.decoder_features, dtype=self.dtype,
+                             kernel_grad=grad, factored=self.factored_convs,
+                             name='decoder')(context, feats['res2'], train)
     aux = {'res2': feats['res2'], 'res5': feats['res5'], 'context': context,
-           'decoder': decoder}
+           'decoder_fuse1': fuse1, 'decoder': decoder}
     if self.edge:
       aux['edge'], edge_feat = EdgeBranch(dtype=self.dtype, name='edge')(
           feats, train)
@@ -222,6 +217,29 @@ class Parser(nn.Module):
         for name in names
     }
     return logits, aux
+
+
+def backbone_of(parser: Parser, name: str | None = None) -> resnet.ResNet:
+  """The ResNet that ``parser`` runs, with the same settings.
+
+  Its variables are ``variables['params']['backbone']`` and
+  ``variables['batch_stats']['backbone']`` of the parser's, so a trained
+  parser's backbone can run alone or inside another Flax module
+  (``docs/reuse.md``).
+
+  Args:
+    parser: a :class:`Parser`.
+    name: the submodule name (inside a compact method) or None.
+
+  Returns:
+    a :class:`resnet.ResNet` returning ``{'stem', 'res2', ..., 'res5'}``.
+  """
+  return resnet.make_resnet(
+      parser.backbone, width=parser.width,
+      output_stride=parser.output_stride, deep_stem=parser.deep_stem,
+      dilate_first_block=parser.dilate_first_block, dtype=parser.dtype,
+      conv_kernel_grad=layers.resolve_kernel_grad(parser.conv_kernel_grad),
+      residual_relu=parser.residual_relu, name=name)
 
 
 def make_parser(model_config, domain_names: Sequence[str],

@@ -1,13 +1,26 @@
-"""MSA, MSE and MST: SST's training-only modules (this project's reconstruction).
+"""MSA, MSE and MST as the paper's figures draw them (training only).
 
-Everything here is used only by the training loss; the deployed parser never
-calls it. ``docs/method.md`` states which parts the paper states and which are
-reconstructed; every reconstructed choice is a field of ``config.sst``.
+``docs/method.md`` separates what the figures show from what is
+reconstructed here; every reconstructed choice is a field of ``config.sst``.
 
-Shapes: ``B`` batch, ``P`` pixels of a scale, ``C_k`` classes of domain k,
-``D`` prototype width. The modules are vectorized over the batch and loop
-over the (few) label domains in Python; a sample only contributes to the
-losses of its own domain ``k`` (masks by ``domain == k``).
+Notation: ``K`` label domains, domain k with ``Z_k`` classes, class axes
+padded to ``C = max Z_k`` (padded slots are masked everywhere), ``D`` the
+node width, taps t = 1..3 (``config.sst.taps``, coarse to fine along the
+decoder), ``B`` the global batch.
+
+* **MSA**: ``S_t^(k)[c]`` is the mean of tap t's D-projected features over
+  the pixels labelled c in the step's domain-k images, summed over the whole
+  global batch before dividing (so the same on any device count), with a
+  presence mask.
+* **MSE**: learnable class embeddings ``X_0^(k)``; ``SP_t`` injects ``S_t``
+  (cross-attention of the nodes over the present ``S_t``) and propagates over
+  the intra-domain matrix ``M_intra^(k)`` (learned from the labels: the EMA
+  of the classes' spatial adjacency). ``X_3^(k) (x) F^(k)`` is a per-pixel
+  cosine similarity, trained with cross-entropy: ``L_mse``.
+* **MST**: for every ordered pair (k, j) of domains in the step, the static
+  matrix ``M_0(k<-j)`` (from the embeddings) and the dynamic ``M_t(k<-j)``
+  (from ``S_t``) map domain j's nodes onto domain k's; ``SM_t`` is the
+  cosine distance between ``X_t^(k)`` and ``M_t(k<-j) X_t^(j)``: ``L_mst``.
 """
 
 from __future__ import annotations
@@ -19,7 +32,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sst_jax import losses
 from sst_jax.domains import IGNORE_ID
 from sst_jax.models import layers
 
@@ -45,22 +57,6 @@ def soft_label_masks(label: jnp.ndarray, num_classes: int,
   return layers.adaptive_avg_pool(onehot, tuple(size))
 
 
-def masked_pool(masks: jnp.ndarray, feats: jnp.ndarray,
-                eps: float = 1e-6) -> jnp.ndarray:
-  """Soft masked average pooling (MSA prototypes).
-
-  ``v[b, c] = sum_p masks[b, p, c] feats[b, p] / (sum_p masks[b, p, c] + eps)``
-
-  Args:
-    masks: ``[..., P, C]``; feats: ``[..., P, D]`` (leading axes broadcast).
-
-  Returns:
-    ``[..., C, D]``.
-  """
-  num = jnp.einsum('...pc,...pd->...cd', masks, feats)
-  return num / (jnp.sum(masks, axis=-2)[..., None] + eps)
-
-
 def masked_softmax(logits: jnp.ndarray, key_mask: jnp.ndarray) -> jnp.ndarray:
   """Softmax over the last axis restricted to ``key_mask``; all-masked -> 0."""
   logits = jnp.where(key_mask, logits, NEG_INF)
@@ -80,21 +76,100 @@ def cooccurrence_prior(masks: jnp.ndarray, dilation: int) -> jnp.ndarray:
   Returns:
     ``[B, C, C]`` rows summing to 1 (0 rows for absent classes).
   """
-  k = 2 * dilation + 1
-  dilated = nn.max_pool(masks, (k, k), strides=(1, 1), padding='SAME')
-  co = jnp.einsum('bhwc,bhwd->bcd', dilated, masks)
+  co = class_adjacency(masks, dilation)
   return co / jnp.maximum(jnp.sum(co, axis=-1, keepdims=True), 1e-6)
 
 
-def transition_matrix(assoc: jnp.ndarray) -> jnp.ndarray:
-  """Label-transition matrix ``T[j->k]`` from an association ``B[k<-j]``.
+def class_adjacency(masks: jnp.ndarray, dilation: int) -> jnp.ndarray:
+  """``[B, C, C]``: ``sum_p dilate(mask_c)(p) mask_c'(p)``, unnormalized."""
+  k = 2 * dilation + 1
+  dilated = nn.max_pool(masks, (k, k), strides=(1, 1), padding='SAME')
+  return jnp.einsum('bhwc,bhwd->bcd', dilated, masks)
 
-  ``assoc`` is ``[..., C_k, C_j]``; its columns are normalized over k and the
-  result transposed, so row ``c_j`` of ``T`` is a distribution over domain
-  k's classes: ``P^j @ T`` maps domain-j probabilities into domain k.
+
+def msa_pool(masks: jnp.ndarray, feats: jnp.ndarray, domain: jnp.ndarray,
+             num_domains: int, eps: float = 1e-6
+             ) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """MSA: per-domain class means of features over the whole batch.
+
+  ``S[k, c] = sum_{b in k, p} m[b, p, c] f[b, p] / sum_{b in k, p} m[b, p, c]``
+
+  Under ``jit`` over a sharded batch the sums run over the global batch, so
+  the result does not depend on how many devices hold it.
+
+  Args:
+    masks: ``[B, P, C]`` soft class masks (0 on ignore pixels and on classes
+      outside each sample's domain).
+    feats: ``[B, P, D]``.
+    domain: ``[B]`` domain index of each sample.
+    num_domains: K.
+    eps: the mass under which a class counts as absent.
+
+  Returns:
+    ``S`` ``[K, C, D]`` (0 where absent) and ``present`` ``[K, C]``.
   """
-  t = assoc / jnp.maximum(jnp.sum(assoc, axis=-2, keepdims=True), 1e-6)
-  return jnp.swapaxes(t, -1, -2)
+  own = jax.nn.one_hot(domain, num_domains, dtype=feats.dtype)
+  sums = jnp.einsum('bk,bpc,bpd->kcd', own, masks.astype(feats.dtype), feats)
+  mass = jnp.einsum('bk,bpc->kc', own, masks.astype(feats.dtype))
+  present = mass > eps
+  return jnp.where(present[..., None],
+                   sums / jnp.maximum(mass, eps)[..., None], 0.0), present
+
+
+def row_normalize(m: jnp.ndarray) -> jnp.ndarray:
+  """Rows divided by their sums (all-zero rows stay zero)."""
+  return m / jnp.maximum(jnp.sum(m, axis=-1, keepdims=True), 1e-12)
+
+
+def cosine(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
+  """``[..., M, N]`` cosine similarities of ``a [..., M, D]``, ``b [..., N, D]``."""
+  a = a / jnp.maximum(jnp.linalg.norm(a, axis=-1, keepdims=True), 1e-6)
+  b = b / jnp.maximum(jnp.linalg.norm(b, axis=-1, keepdims=True), 1e-6)
+  return jnp.einsum('...md,...nd->...mn', a, b)
+
+
+def cross_matrices(a: jnp.ndarray, key_mask: jnp.ndarray,
+                   temperature: float) -> jnp.ndarray:
+  """``M(k<-j)`` for every ordered pair: row-softmax of cosine similarities.
+
+  Args:
+    a: ``[K, C, D]`` one vector per class of each domain (the embeddings
+      ``X_0`` for the static matrix, ``S_t`` for the dynamic ones).
+    key_mask: ``[K, C]``: the classes of domain j a row may map from.
+    temperature: softmax temperature on the cosines.
+
+  Returns:
+    ``[K, K, C, C]``: ``M[k, j, c, e]``, rows summing to 1 over domain j's
+    unmasked classes (0 rows where none is).
+  """
+  sim = cosine(a[:, None], a[None, :]) / temperature           # [K, K, C, C]
+  return masked_softmax(sim, key_mask[None, :, None, :])
+
+
+def mapping_distances(x: jnp.ndarray, m: jnp.ndarray,
+                      stop_mapped: bool = False) -> jnp.ndarray:
+  """SM: ``1 - cos(x^(k)[c], (M(k<-j) x^(j))[c])`` for every pair and class.
+
+  Args:
+    x: ``[K, C, D]`` node sets.
+    m: ``[K, K, C, C]`` cross matrices (:func:`cross_matrices`).
+    stop_mapped: no gradient through the mapped side ``M x^(j)``.
+
+  Returns:
+    ``[K, K, C]``.
+  """
+  mapped = jnp.einsum('kjce,jed->kjcd', m, x)
+  if stop_mapped:
+    mapped = jax.lax.stop_gradient(mapped)
+  xn = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
+  mn = mapped / jnp.maximum(jnp.linalg.norm(mapped, axis=-1, keepdims=True),
+                            1e-6)
+  return 1.0 - jnp.einsum('kcd,kjcd->kjc', xn, mn)
+
+
+def masked_mean(values: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+  mask = mask.astype(values.dtype)
+  return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
 # ----------------------------------------------------------------------------
@@ -102,179 +177,63 @@ def transition_matrix(assoc: jnp.ndarray) -> jnp.ndarray:
 # ----------------------------------------------------------------------------
 
 
-class ClassAttention(nn.Module):
-  """Attention from query prototypes to key prototypes with a key mask.
+class SemanticPropagation(nn.Module):
+  """SP: inject the batch's class vectors, then propagate over M_intra.
 
-  ``A = softmax(Q(q) K(k)^T / sqrt(D) + bias)`` over present keys, output
-  ``W(A V(k))`` (``V`` = identity when ``project_values`` is false).
-  """
-  dim: int
-  project_values: bool = True
-
-  @nn.compact
-  def __call__(self, queries, keys, key_mask, bias=None):
-    q = nn.Dense(self.dim, name='query')(queries)
-    k = nn.Dense(self.dim, name='key')(keys)
-    v = nn.Dense(self.dim, name='value')(keys) if self.project_values else keys
-    logits = jnp.einsum('...qd,...kd->...qk', q, k) / math.sqrt(self.dim)
-    if bias is not None:
-      logits = logits + bias
-    attn = masked_softmax(logits, key_mask[..., None, :])
-    out = nn.Dense(self.dim, name='out')(jnp.einsum('...qk,...kd->...qd',
-                                                    attn, v))
-    return out, attn, logits
-
-
-class DenseParams(nn.Module):
-  """The kernel and bias of an ``nn.Dense``, returned instead of applied.
-
-  Same parameter names, shapes and initializers as ``nn.Dense(features)``, so
-  a module that folds a projection into other products keeps the parameter
-  tree (and the initial values) of the plain layer.
-  """
-  features: int
-
-  @nn.compact
-  def __call__(self, in_features: int):
-    kernel = self.param('kernel', nn.initializers.lecun_normal(),
-                        (in_features, self.features))
-    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
-    return kernel, bias
-
-
-class QueryFoldedAttention(nn.Module):
-  """``ClassAttention`` for many queries and few keys, same parameters.
-
-  The query projection is folded into the keys and the output projection
-  into the values (matrix products are associative):
-
-    logits = (X Wq + bq) K^T / sqrt(D) = X (Wq K^T / sqrt(D)) + bq K^T / sqrt(D)
-    out    = (A V) Wo + bo             = A (V Wo) + bo
-
-  so each query costs two ``D x C`` products instead of two ``D x D`` and two
-  ``D x C`` ones (C: keys, a domain's classes; D: the prototype width). With
-  every key masked, ``A = 0`` and the output is ``bo`` in both forms.
+  ``H = LN(X + W_o attn(X, S, S))`` (the nodes attend over the present
+  classes' MSA vectors) and ``X' = LN(H + relu(Â H W))`` with ``Â`` the
+  row-normalized intra-domain matrix. Shared by every domain: a new domain
+  adds no parameters here.
   """
   dim: int
 
   @nn.compact
-  def __call__(self, queries, keys, key_mask):
-    wq, bq = DenseParams(self.dim, name='query')(queries.shape[-1])
-    k = nn.Dense(self.dim, name='key')(keys)                     # [..., C, D]
-    v = nn.Dense(self.dim, name='value')(keys)
-    wo, bo = DenseParams(self.dim, name='out')(self.dim)
-    scale = 1.0 / math.sqrt(self.dim)
-    g = jnp.einsum('id,...kd->...ik', wq, k) * scale             # [..., I, C]
-    g0 = jnp.einsum('d,...kd->...k', bq, k) * scale              # [..., C]
-    logits = jnp.einsum('...qi,...ik->...qk', queries, g) + g0[..., None, :]
-    attn = masked_softmax(logits, key_mask[..., None, :])
-    return jnp.einsum('...qk,...kd->...qd', attn, v @ wo) + bo
-
-
-class PixelAttention(nn.Module):
-  """Pixel re-projection: ``X' = X + Attn(X, prototypes)`` over present ones.
-
-  The attention is ``ClassAttention``'s (same parameters, ``attn/...``)
-  computed as ``QueryFoldedAttention``: a stride-4 map has hundreds of
-  pixels per image and a domain at most 20 classes.
-  """
-  dim: int
-
-  @nn.compact
-  def __call__(self, pixels, prototypes, present):
-    b, h, w, d = pixels.shape
-    out = QueryFoldedAttention(self.dim, name='attn')(
-        pixels.reshape(b, h * w, d), prototypes, present)
-    return nn.LayerNorm(name='norm')(pixels + out.reshape(b, h, w, d))
-
-
-class CrossDomainAttention(nn.Module):
-  """MST attention from one domain's prototypes to every other domain's.
-
-  ``B[k<-j] = softmax_c(Q(q) K(v_j)^T / sqrt(D))`` separately for each key
-  domain j (a ``C_k x C_j`` association for any class counts), output
-  ``W(sum_j B[k<-j] V(v_j))``. Q, K, V, W are shared by all domain pairs, so
-  adding a domain adds no association parameters.
-
-  Shapes: queries ``[..., Cq, D]``, keys ``[..., J, Ck, D]``, key_mask
-  ``[..., J, Ck]``; returns ``([..., Cq, D], attention [..., J, Cq, Ck])``.
-  """
-  dim: int
-
-  @nn.compact
-  def __call__(self, queries, keys, key_mask):
-    q = nn.Dense(self.dim, name='query')(queries)
-    k = nn.Dense(self.dim, name='key')(keys)
-    v = nn.Dense(self.dim, name='value')(keys)
-    logits = jnp.einsum('...qd,...jkd->...jqk', q, k) / math.sqrt(self.dim)
-    attn = masked_softmax(logits, key_mask[..., None, :])
-    out = jnp.einsum('...jqk,...jkd->...qd', attn, v)
-    return nn.Dense(self.dim, name='out')(out), attn
+  def __call__(self, x, s, present, a_hat):
+    """``x``, ``s`` ``[K, C, D]``; ``present`` ``[K, C]``; ``a_hat`` ``[K, C, C]``."""
+    q = nn.Dense(self.dim, name='query')(x)
+    k = nn.Dense(self.dim, name='key')(s)
+    v = nn.Dense(self.dim, name='value')(s)
+    attn = masked_softmax(jnp.einsum('kcd,ked->kce', q, k) /
+                          math.sqrt(self.dim), present[:, None, :])
+    h = nn.LayerNorm(name='inject_norm')(
+        x + nn.Dense(self.dim, name='out')(jnp.einsum('kce,ked->kcd', attn, v)))
+    g = nn.Dense(self.dim, name='propagate')(jnp.einsum('kce,ked->kcd', a_hat,
+                                                        h))
+    return nn.LayerNorm(name='propagate_norm')(h + jax.nn.relu(g))
 
 
 class SST(nn.Module):
-  """MSA + MSE + MST over the parser's features; returns the SST losses.
-
-  All domains are handled at once: class axes are padded to the largest
-  class count ``C`` with masks, and each sample selects its own domain, so
-  the cost does not grow with the number of domains beyond the per-domain
-  classifiers.
+  """MSA + MSE + MST as drawn; returns the SST losses.
 
   Attributes:
     domain_names / num_classes: the label domains, in config order.
-    dim: prototype width D.
-    scales: ``aux`` feature names used as scales (the last one must be at
-      the logits' resolution, stride 4: ``'decoder'``).
-    memory_momentum: EMA momentum of the per-class prototype memory.
-    use_mse / use_mst: enable the two branches (MSA always runs).
-    prior: ``'bias'`` | ``'kl'`` | ``'none'``: how the co-occurrence prior
-      enters MSE's class attention.
-    prior_dilation: neighbourhood (pixels at the stride-4 scale) of the prior.
-    other_prototypes: ``'predicted'`` (MSA with stop-gradient predictions of
-      the other heads) or ``'memory'`` (the EMA memory) for MST's keys.
-    present_threshold: predicted mass (in stride-4 pixels) for a class of
-      another domain to count as present in an image.
-    weights: ``{'mse', 'mst', 'cons', 'kd', 'prior'}`` loss weights.
-    kd_temperature: temperature of the self-distillation term.
-    target: dedicated mode's target domain index, or -1 (universal).
+    dim: node width D.
+    taps: ``aux`` features of the parser used as MSA's three taps.
+    intra: ``'adjacency'`` (EMA of the classes' spatial adjacency in the
+      labels), ``'learned'`` (a trainable matrix per domain) or
+      ``'identity'`` (no propagation between classes).
+    intra_dilation: neighbourhood (pixels of the finest tap) of adjacency.
+    intra_momentum: EMA momentum of the adjacency.
+    temperature: of the cosine logits of the ``X_3 (x) F`` output.
+    cross_temperature: of the cross-domain matrices' softmax.
+    mst_stop_gradient: ``'none'`` or ``'mapped'`` (no gradient through the
+      mapped side ``M X^(j)`` of each SM term).
+    use_mse / use_mst: the ``L_mse`` / ``L_mst`` terms.
+    weights: ``{'mse', 'mst'}`` loss weights.
   """
   domain_names: Sequence[str]
   num_classes: Sequence[int]
-  dim: int = 256
-  scales: Sequence[str] = ('context', 'decoder')
-  memory_momentum: float = 0.9
+  dim: int = 64
+  taps: Sequence[str] = ('context', 'decoder_fuse1', 'decoder')
+  intra: str = 'adjacency'
+  intra_dilation: int = 2
+  intra_momentum: float = 0.99
+  temperature: float = 0.1
+  cross_temperature: float = 0.1
+  mst_stop_gradient: str = 'none'
   use_mse: bool = True
   use_mst: bool = True
-  prior: str = 'bias'
-  prior_dilation: int = 2
-  other_prototypes: str = 'predicted'
-  present_threshold: float = 1.0
   weights: dict | None = None
-  kd_temperature: float = 2.0
-  target: int = -1
-
-  def setup(self):
-    d = self.dim
-    self.proj = {s: nn.Dense(d, name=f'proj_{s}') for s in self.scales}
-    self.scale_weights = self.param('scale_weights', nn.initializers.zeros,
-                                    (len(self.scales),))
-    self.memory = {
-        n: self.variable('sst_memory', n, lambda c=c: {
-            'proto': jnp.zeros((c, d)), 'count': jnp.zeros((c,))})
-        for n, c in zip(self.domain_names, self.num_classes)}
-    if self.use_mse:
-      self.mse_attn = ClassAttention(d, project_values=False)
-      self.prior_scale = self.param('prior_scale', nn.initializers.ones, ())
-      self.mse_pixels = PixelAttention(d)
-      self.mse_cls = {n: DenseParams(c, name=f'mse_cls_{n}') for n, c in
-                      zip(self.domain_names, self.num_classes)}
-    if self.use_mst:
-      self.mst_attn = CrossDomainAttention(d)
-      self.mst_pixels = PixelAttention(d)
-      self.mst_cls = {n: DenseParams(c, name=f'mst_cls_{n}') for n, c in
-                      zip(self.domain_names, self.num_classes)}
-
-  # Padding helpers -----------------------------------------------------------
 
   @property
   def c_max(self) -> int:
@@ -285,268 +244,205 @@ class SST(nn.Module):
     return jnp.arange(self.c_max)[None, :] < jnp.asarray(self.num_classes)[
         :, None]
 
-  def _pad(self, x, value=0.0):
-    return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, self.c_max - x.shape[-1])],
-                   constant_values=value)
+  def _pad_rows(self, x):
+    return jnp.pad(x, [(0, self.c_max - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
 
-  def _select_own(self, per_domain, own):
-    """Each sample's own-domain entry of ``[B, ..., C_k]`` arrays, padded."""
-    stacked = jnp.stack([self._pad(x, NEG_INF) for x in per_domain], axis=1)
-    return jnp.einsum('bk,bk...->b...', own.astype(stacked.dtype), stacked)
-
-  def _own_classifier(self, classifiers, domain):
-    """Each sample's own-domain classifier: kernel ``[B, D, C]``, bias ``[B, C]``.
-
-    Padded classes get a zero kernel and a ``NEG_INF`` bias, so applying it
-    equals applying every domain's ``nn.Dense`` and ``_select_own``'s pick,
-    at a K-th of the cost.
-    """
-    params = [classifiers[n](self.dim) for n in self.domain_names]
-    kernel = jnp.stack([self._pad(w) for w, _ in params])        # [K, D, C]
-    bias = jnp.stack([self._pad(b, NEG_INF) for _, b in params])  # [K, C]
-    return kernel[domain], bias[domain]
+  def setup(self):
+    self.tap_proj = [nn.Dense(self.dim, name=f'tap_{t}') for t in self.taps]
+    self.feature_proj = nn.Dense(self.dim, name='feature')
+    self.embeddings = {
+        n: self.param(f'embed_{n}', nn.initializers.normal(1.0), (c, self.dim))
+        for n, c in zip(self.domain_names, self.num_classes)}
+    self.sp = [SemanticPropagation(self.dim, name=f'sp{t + 1}')
+               for t in range(len(self.taps))]
+    if self.intra == 'adjacency':
+      self.adjacency = {
+          n: self.variable('sst_memory', f'adjacency_{n}',
+                           lambda c=c: jnp.eye(c))
+          for n, c in zip(self.domain_names, self.num_classes)}
+    elif self.intra == 'learned':
+      self.intra_logits = {
+          n: self.param(f'intra_{n}', nn.initializers.zeros, (c, c))
+          for n, c in zip(self.domain_names, self.num_classes)}
 
   # MSA ----------------------------------------------------------------------
 
-  def aggregate(self, logits, aux, label, domain):
-    """Multi-scale prototypes of every domain for every image.
+  def aggregate(self, aux, label, domain):
+    """``S_t`` ``[K, C, D]`` and ``present_t`` ``[K, C]`` for every tap.
 
-    Returns:
-      feats ``{scale: [B, h, w, D]}``; protos ``[B, K, C, D]``; present
-      ``[B, K, C]``; own-domain soft ground truth at stride 4 ``[B, h, w, C]``.
+    Also returns the finest tap's class masks ``[B, h, w, C]`` (the targets
+    of ``L_mse`` and the source of the adjacency).
     """
-    feats = {s: self.proj[s](aux[s].astype(jnp.float32)) for s in self.scales}
-    fuse = jax.nn.softmax(self.scale_weights)
-    grid = feats[self.scales[-1]].shape[1:3]
-    own = jax.nn.one_hot(domain, len(self.domain_names), dtype=bool)
-    real = self.class_mask()[domain]                               # [B, C]
-    gt = {}
-    for s in self.scales:
-      size = tuple(feats[s].shape[1:3])
-      if size not in gt:
-        gt[size] = soft_label_masks(label, self.c_max, size) * real[
+    real = self.class_mask()[domain]                             # [B, C]
+    masks, s, present = {}, [], []
+    for proj, tap in zip(self.tap_proj, self.taps):
+      f = proj(aux[tap].astype(jnp.float32))                      # [B,h,w,D]
+      size = tuple(f.shape[1:3])
+      if size not in masks:
+        masks[size] = soft_label_masks(label, self.c_max, size) * real[
             :, None, None, :]
-    probs = jax.lax.stop_gradient(jnp.stack(
-        [self._pad(jax.nn.softmax(logits[n], axis=-1))
-         for n in self.domain_names], axis=1))                   # [B,K,h,w,C]
-    b, k = probs.shape[:2]
-    # Pooling is linear in the features and scales of one size share their
-    # masks, so each size pools the weighted sum of its scales' features
-    # once (res2 and the decoder are both at stride 4).
-    by_size = {}
-    for w, s in zip(fuse, self.scales):
-      size = tuple(feats[s].shape[1:3])
-      by_size[size] = by_size.get(size, 0.0) + w * feats[s]
-    protos = 0.0
-    for size, f in by_size.items():
-      pred = probs if size == tuple(grid) else layers.adaptive_avg_pool(
-          probs.reshape((b * k,) + probs.shape[2:]), size).reshape(
-              (b, k) + size + (self.c_max,))
-      m = jnp.where(own[:, :, None, None, None], gt[size][:, None], pred)
-      p = size[0] * size[1]
-      protos = protos + masked_pool(m.reshape(b, k, p, self.c_max),
-                                    f.reshape(b, 1, p, self.dim))
-    gt_grid = gt[tuple(grid)]
-    mass_gt = jnp.sum(gt_grid, axis=(1, 2))                        # [B, C]
-    mass_pred = jnp.sum(probs, axis=(2, 3))                        # [B,K,C]
-    present = jnp.where(own[..., None], (mass_gt > 0)[:, None],
-                        mass_pred >= self.present_threshold)
-    return feats, protos, present & self.class_mask()[None], gt_grid
+      b, p = f.shape[0], size[0] * size[1]
+      s_t, present_t = msa_pool(masks[size].reshape(b, p, self.c_max),
+                                f.reshape(b, p, self.dim), domain,
+                                len(self.domain_names))
+      s.append(s_t)
+      present.append(present_t)
+    return s, present, masks[tuple(aux[self.taps[-1]].shape[1:3])]
 
-  def update_memory(self, protos, present, domain):
-    """EMA of each class's ground-truth prototype over the global batch."""
-    m = self.memory_momentum
-    for j, (name, c) in enumerate(zip(self.domain_names, self.num_classes)):
-      use = present[:, j, :c] & (domain == j)[:, None]           # [B, C_j]
-      cnt = jnp.sum(use, axis=0).astype(jnp.float32)
-      mean = jnp.einsum('bc,bcd->cd', use.astype(jnp.float32),
-                        jax.lax.stop_gradient(protos[:, j, :c])) / jnp.maximum(
-                            cnt, 1.0)[:, None]
-      mem = self.memory[name].value
-      seen = mem['count'] > 0
-      new = jnp.where(seen[:, None], m * mem['proto'] + (1 - m) * mean, mean)
-      self.memory[name].value = {
-          'proto': jnp.where((cnt > 0)[:, None], new, mem['proto']),
-          'count': mem['count'] + cnt}
+  # M_intra --------------------------------------------------------------------
 
-  def memory_prototypes(self):
-    """Padded memory ``[K, C, D]`` (stop-gradient) and filled rows ``[K, C]``."""
-    protos = jnp.stack([self._pad(self.memory[n].value['proto'].T).T
-                        for n in self.domain_names])
-    filled = jnp.stack([self._pad(self.memory[n].value['count'] > 0)
-                        for n in self.domain_names])
-    return jax.lax.stop_gradient(protos), filled
+  def intra_matrices(self, gt, domain, train: bool) -> jnp.ndarray:
+    """Row-normalized ``Â^(k)`` ``[K, C, C]`` (padded rows and columns 0)."""
+    if self.intra == 'identity':
+      return jnp.stack([self._pad_rows(self._pad_rows(jnp.eye(c)).T).T
+                        for c in self.num_classes])
+    if self.intra == 'learned':
+      mats = [jax.nn.softmax(self.intra_logits[n], axis=-1)
+              for n in self.domain_names]
+      return jnp.stack([self._pad_rows(self._pad_rows(m).T).T for m in mats])
+    if train and not self.is_initializing():
+      adj = jax.lax.stop_gradient(class_adjacency(gt, self.intra_dilation))
+      own = jax.nn.one_hot(domain, len(self.domain_names))
+      per_domain = jnp.einsum('bk,bce->kce', own, adj)            # [K, C, C]
+      for j, (name, c) in enumerate(zip(self.domain_names, self.num_classes)):
+        batch = row_normalize(per_domain[j, :c, :c])
+        seen = jnp.sum(batch, axis=-1, keepdims=True) > 0        # [c, 1]
+        old = self.adjacency[name].value
+        m = self.intra_momentum
+        self.adjacency[name].value = jnp.where(seen, m * old + (1 - m) * batch,
+                                               old)
+    return jnp.stack([
+        self._pad_rows(self._pad_rows(row_normalize(
+            self.adjacency[n].value)).T).T for n in self.domain_names])
 
-  # Associations ----------------------------------------------------------------
+  # MSE ------------------------------------------------------------------------
 
-  def memory_associations(self) -> jnp.ndarray:
-    """``B[k<-j]`` between the memory prototypes, ``[K, K, C, C]``."""
-    protos, filled = self.memory_prototypes()
-    k = len(self.domain_names)
-    keys = jnp.broadcast_to(protos[None], (k,) + protos.shape)
-    mask = filled[None] & ~jnp.eye(k, dtype=bool)[..., None]
-    _, assoc = self.mst_attn(protos, keys, mask)
-    return assoc * filled[:, None, :, None]
+  def enhance(self, s, present, a_hat):
+    """``[X_0, X_1, X_2, X_3]``, each ``[K, C, D]``."""
+    x = jnp.stack([self._pad_rows(self.embeddings[n])
+                   for n in self.domain_names])
+    nodes = [x]
+    for sp, s_t, p_t in zip(self.sp, s, present):
+      x = sp(x, s_t, p_t, a_hat)
+      nodes.append(x)
+    return nodes
+
+  # Cross-domain matrices --------------------------------------------------------
+
+  def cross(self, s, present):
+    """``[M_0, M_1, M_2, M_3]``, each ``[K, K, C, C]`` (``M[k, j] = M(k<-j)``)."""
+    x0 = jnp.stack([self._pad_rows(self.embeddings[n])
+                    for n in self.domain_names])
+    mats = [cross_matrices(x0, self.class_mask(), self.cross_temperature)]
+    for s_t, p_t in zip(s, present):
+      mats.append(cross_matrices(s_t, p_t, self.cross_temperature))
+    return mats
 
   def associations(self) -> dict:
-    """``{(k, j): B[k<-j]}`` ``[C_k, C_j]`` from memory (for pictures)."""
-    assoc = self.memory_associations()
-    return {(kn, jn): assoc[a, b, :kc, :jc]
+    """``{(k, j): M_0(k<-j)}`` ``[Z_k, Z_j]``: the static matrices (pictures)."""
+    x0 = jnp.stack([self._pad_rows(self.embeddings[n])
+                    for n in self.domain_names])
+    m = cross_matrices(x0, self.class_mask(), self.cross_temperature)
+    return {(kn, jn): m[a, b, :kc, :jc]
             for a, (kn, kc) in enumerate(zip(self.domain_names,
                                              self.num_classes))
             for b, (jn, jc) in enumerate(zip(self.domain_names,
                                              self.num_classes)) if a != b}
 
-  def transitions(self, k_name: str) -> dict:
-    """``{j: T[j->k]}`` ``[C_j, C_k]`` from the memory prototypes."""
-    t = transition_matrix(self.memory_associations())            # [K,K,Cj,Ck]
-    a = self.domain_names.index(k_name)
-    kc = self.num_classes[a]
-    return {jn: t[a, b, :jc, :kc] for b, (jn, jc) in enumerate(
-        zip(self.domain_names, self.num_classes)) if b != a}
-
   # Losses ----------------------------------------------------------------------
 
   def __call__(self, logits, aux, label, domain, train: bool = True,
                ramp=1.0):
-    """SST losses; ``ramp`` scales the kd and cons weights (warm-up)."""
+    """SST losses ``(total, metrics)``; ``logits`` and ``ramp`` are unused.
+
+    (The signature is the training step's for every SST variant.)
+    """
+    del logits, ramp
     w = dict(self.weights or {})
-    feats, protos, present, gt = self.aggregate(logits, aux, label, domain)
-    if train and not self.is_initializing():
-      self.update_memory(protos, present, domain)
+    s, present, gt = self.aggregate(aux, label, domain)
+    a_hat = self.intra_matrices(gt, domain, train)
+    nodes = self.enhance(s, present, a_hat)
     k = len(self.domain_names)
-    own = jax.nn.one_hot(domain, k, dtype=bool)                    # [B, K]
-    v_own = jnp.einsum('bk,bkcd->bcd', own.astype(jnp.float32), protos)
-    p_own = jnp.any(own[..., None] & present, axis=1)              # [B, C]
-    grid = gt.shape[1:3]
-    coverage = jnp.sum(gt, axis=-1)                                # [B, h, w]
-    labelled = coverage > 0.5
     terms = {}
-
-    def seg_ce(classifiers, pixels, prototypes):
-      # Soft-target CE at the stride-4 grid against area-resized labels:
-      # as informative as full resolution for the auxiliary classifiers, at
-      # a sixteenth of the cost.
-      total, outs = 0.0, {}
-      kernel, bias = self._own_classifier(classifiers, domain)
-      for s in self.scales:
-        x = pixels(feats[s], prototypes, p_own)
-        lg = jnp.einsum('bhwd,bdc->bhwc', x, kernel) + bias[:, None, None, :]
-        outs[s] = layers.resize_bilinear(lg, grid)
-        total += -jnp.sum(gt * jax.nn.log_softmax(outs[s], axis=-1))
-      n = jnp.sum(coverage) * len(self.scales)
-      return total / jnp.maximum(n, 1e-6), outs[self.scales[-1]]
-
-    teacher = None
-    v_enh = v_own
     if self.use_mse:
-      prior = cooccurrence_prior(gt, self.prior_dilation)
-      bias = self.prior_scale * prior if self.prior == 'bias' else None
-      enh, attn, _ = self.mse_attn(v_own, v_own, p_own, bias)
-      v_enh = v_own + enh
-      if self.prior == 'kl':
-        kl = jnp.sum(prior * (jnp.log(prior + 1e-6) - jnp.log(attn + 1e-6)),
-                     axis=-1)
-        terms['prior'] = jnp.sum(jnp.where(p_own, kl, 0.0)) / jnp.maximum(
-            jnp.sum(p_own), 1.0)
-      terms['mse'], teacher = seg_ce(self.mse_cls, self.mse_pixels, v_enh)
-    if self.use_mst:
-      if self.other_prototypes == 'memory':
-        mem, filled = self.memory_prototypes()
-        keys = jnp.broadcast_to(mem[None], (own.shape[0],) + mem.shape)
-        key_mask = jnp.broadcast_to(filled[None], own.shape + filled.shape[1:])
-      else:
-        keys, key_mask = protos, present
-      transfer, _ = self.mst_attn(v_enh, keys, key_mask & ~own[..., None])
-      terms['mst'], teacher = seg_ce(self.mst_cls, self.mst_pixels,
-                                     v_enh + transfer)
-
-    # Self-distillation: the enhanced/transferred prediction teaches the head.
-    if teacher is not None and w.get('kd', 0.0):
-      student = self._select_own([logits[n] for n in self.domain_names], own)
-      kd = losses.kl_divergence(jax.lax.stop_gradient(teacher), student,
-                                self.kd_temperature)
-      mask = labelled
-      if self.target >= 0:
-        mask &= (domain == self.target)[:, None, None]
-      terms['kd'] = jnp.sum(jnp.where(mask, kd, 0.0)) / jnp.maximum(
-          jnp.sum(mask), 1.0)
-
-    # Cross-domain consistency: every other head j, mapped into the sample's
-    # domain k through the learned transition T[j->k], must explain the
-    # domain-k labels. Starts once the memory holds prototypes.
-    if self.use_mst and w.get('cons', 0.0):
-      t = transition_matrix(self.memory_associations())           # [K,K,Cj,Ck]
-      t_own = jnp.einsum('bk,kj...->bj...', own.astype(jnp.float32), t)
-      probs = jnp.stack([self._pad(jax.nn.softmax(logits[n], axis=-1))
-                         for n in self.domain_names], axis=1)     # [B,J,h,w,C]
-      q = jnp.einsum('bjhwc,bjck->bjhwk', probs, t_own)
-      ce = -jnp.sum(gt[:, None] * jnp.log(q + 1e-6), axis=-1) / jnp.maximum(
-          coverage[:, None], 1e-6)                                 # [B,J,h,w]
-      ready = jnp.any(self.memory_prototypes()[1], axis=-1)        # [K]
-      pairs = ~own & ready[None, :] & jnp.any(own & ready[None, :], axis=1,
-                                              keepdims=True)
-      if self.target >= 0:
-        pairs &= (jnp.arange(k) == self.target)[None, :]
-      mask = pairs[:, :, None, None] & labelled[:, None]
-      terms['cons'] = jnp.sum(jnp.where(mask, ce, 0.0)) / jnp.maximum(
-          jnp.sum(mask), 1.0)
-
+      # X_3^(k) (x) F^(k): each pixel's cosine to its own domain's nodes.
+      f = self.feature_proj(aux[self.taps[-1]].astype(jnp.float32))
+      x3 = nodes[-1][domain]                                       # [B, C, D]
+      sim = cosine(f.reshape(f.shape[0], -1, self.dim), x3).reshape(
+          f.shape[:3] + (self.c_max,)) / self.temperature
+      sim = jnp.where(self.class_mask()[domain][:, None, None, :], sim,
+                      NEG_INF)
+      coverage = jnp.sum(gt, axis=-1)
+      terms['mse'] = -jnp.sum(gt * jax.nn.log_softmax(sim, axis=-1)) / (
+          jnp.maximum(jnp.sum(coverage), 1e-6))
+    if self.use_mst and k > 1:
+      in_step = jnp.any(jax.nn.one_hot(domain, k, dtype=bool), axis=0)
+      pairs = in_step[:, None] & in_step[None, :] & ~jnp.eye(k, dtype=bool)
+      rows = [self.class_mask()] + present
+      sm = []
+      for x_t, m_t, rows_t in zip(nodes, self.cross(s, present), rows):
+        dist = mapping_distances(x_t, m_t,
+                                 self.mst_stop_gradient == 'mapped')
+        sm.append(masked_mean(dist, pairs[:, :, None] & rows_t[:, None, :]))
+      for t, value in enumerate(sm):
+        terms[f'sm{t}'] = value
+      terms['mst'] = sum(sm) / len(sm)
     metrics, total = {}, 0.0
     for key, value in terms.items():
       metrics[f'sst_{key}'] = value
-      scale = ramp if key in ('kd', 'cons') else 1.0
-      total = total + scale * w.get(key, 0.0) * value
+      total = total + w.get(key, 0.0) * value
     return total, metrics
 
 
-# The parser features (``aux``) that can serve as MSA scales.
-SCALES = ('res2', 'res5', 'context', 'decoder')
+# The parser features (``aux``) that can serve as taps.
+TAPS = ('res2', 'res5', 'context', 'decoder_fuse1', 'decoder')
+VARIANTS = ('drawn', 'first')
 
 
-def make_sst(config, domains) -> SST | None:
+def make_sst(config, domains):
   """The SST module for ``config.sst``, or None when disabled."""
   cfg = config.sst
   if not cfg.enabled:
     return None
-  if cfg.prior not in ('bias', 'kl', 'none'):
-    raise ValueError(f"config.sst.prior must be 'bias', 'kl' or 'none', got "
-                     f'{cfg.prior!r}')
-  if cfg.other_prototypes not in ('predicted', 'memory'):
-    raise ValueError("config.sst.other_prototypes must be 'predicted' or "
-                     f"'memory', got {cfg.other_prototypes!r}")
-  unknown = [s for s in cfg.scales if s not in SCALES]
-  if unknown or not cfg.scales:
-    raise ValueError(f'config.sst.scales must be features of the parser '
-                     f'{SCALES}, got {tuple(cfg.scales)}')
-  if cfg.scales[-1] != 'decoder':
-    raise ValueError("config.sst.scales must end with 'decoder' (the scale "
-                     f'of the logits), got {tuple(cfg.scales)}')
-  names = [d.name for d in domains]
-  target = names.index(config.target) if config.mode_sst == 'dedicated' else -1
+  if cfg.variant not in VARIANTS:
+    raise ValueError(f'config.sst.variant must be one of {VARIANTS}, got '
+                     f'{cfg.variant!r}')
+  if cfg.variant == 'first':
+    from sst_jax.models import sst_first  # pylint: disable=g-import-not-at-top
+    return sst_first.make_sst(config, domains)
+  unknown = [t for t in cfg.taps if t not in TAPS]
+  if unknown or len(cfg.taps) != 3:
+    raise ValueError(f'config.sst.taps must be three features of the parser '
+                     f'{TAPS}, got {tuple(cfg.taps)}')
+  if cfg.intra not in ('adjacency', 'learned', 'identity'):
+    raise ValueError("config.sst.intra must be 'adjacency', 'learned' or "
+                     f"'identity', got {cfg.intra!r}")
+  if cfg.mst_stop_gradient not in ('none', 'mapped'):
+    raise ValueError("config.sst.mst_stop_gradient must be 'none' or "
+                     f"'mapped', got {cfg.mst_stop_gradient!r}")
   return SST(
-      domain_names=tuple(names),
+      domain_names=tuple(d.name for d in domains),
       num_classes=tuple(d.num_classes for d in domains),
-      dim=cfg.dim, scales=tuple(cfg.scales),
-      memory_momentum=cfg.memory_momentum, use_mse=cfg.mse, use_mst=cfg.mst,
-      prior=cfg.prior, prior_dilation=cfg.prior_dilation,
-      other_prototypes=cfg.other_prototypes,
-      weights={'mse': cfg.mse_weight, 'mst': cfg.mst_weight,
-               'cons': cfg.cons_weight, 'kd': cfg.kd_weight,
-               'prior': cfg.prior_weight if cfg.prior == 'kl' else 0.0},
-      kd_temperature=cfg.kd_temperature, target=target)
+      dim=cfg.dim, taps=tuple(cfg.taps), intra=cfg.intra,
+      intra_dilation=cfg.intra_dilation, intra_momentum=cfg.intra_momentum,
+      temperature=cfg.temperature, cross_temperature=cfg.cross_temperature,
+      mst_stop_gradient=cfg.mst_stop_gradient, use_mse=cfg.mse,
+      use_mst=cfg.mst,
+      weights={'mse': cfg.mse_weight if cfg.mse else 0.0,
+               'mst': cfg.mst_weight if cfg.mst else 0.0})
 
 
-def associations_fn(sst_model: SST):
+def associations_fn(sst_model):
   """Jitted ``(sst_params, sst_memory) -> {(k, j): [C_k, C_j]}``, or None.
 
-  The learned cross-domain associations (``SST.associations``); None when
-  the model has no MST branch.
+  The learned cross-domain associations of either variant; None when the
+  model has no cross-domain branch.
   """
   if not sst_model.use_mst:
     return None
   return jax.jit(lambda params, memory: sst_model.apply(
-      {'params': params, 'sst_memory': memory}, method=SST.associations))
+      {'params': params, 'sst_memory': memory},
+      method=type(sst_model).associations))
 
 
 def association_images(associations: dict, domains) -> dict:
