@@ -1,10 +1,9 @@
 """Train-step time of config variants, interleaved in one process.
 
     python benchmarks/compare_step.py --preset=resnet101 --resolution=257 \
-        --variant=baseline --rounds=3 \
-        --set=model.factored_convs=False --set=model.factored_convs=True
+        --variant=baseline --rounds=3 --set=plain=concat_conv --set=
     python benchmarks/compare_step.py --preset=synthetic --optimizer=adamw \
-        --set=model.factored_convs=False --set=
+        --set=plain=all --set=
 
 On a shared machine the speed drifts by tens of percent between runs, so two
 ``train_step.py`` invocations cannot settle a 10 % difference. This script
@@ -14,6 +13,12 @@ overrides of the config, applied after the model/input flags; an empty
 runs ``--per_round`` steps of every variant in order. It prints the median
 step time of each variant and its ratio to the first one. ``--forward``
 times the inference forward pass (``train=False``) instead.
+
+Two keys of ``--set`` choose what the model runs instead of a config field,
+as the flags of the same names do in ``train_step.py``: ``plain=`` the speed
+paths replaced by their plain forms (fields of
+``sst_jax.models.fast_paths.Implementations`` joined by ``+``, or ``all``)
+and ``paths_for=`` the backend whose speed paths the model runs.
 
 Same model, state, optimizer and jitted step as ``train_step.py`` (same
 presets and model flags).
@@ -46,7 +51,7 @@ def apply_overrides(config, overrides: str):
   """``'a.b=1,c=x'`` -> ``config.a.b = 1; config.c = 'x'``.
 
   A comma starts a new item only before ``key=``, so values may be tuples:
-  ``"sst.scales=('context','decoder')"``.
+  ``"sst.taps=('res2','context','decoder')"``.
   """
   items = re.split(r',(?=\s*[A-Za-z_][\w.]*\s*=)', overrides)
   with config.unlocked():
@@ -64,12 +69,39 @@ def apply_overrides(config, overrides: str):
   return config
 
 
-def compile_step(config, forward: bool = False):
+def split_paths(overrides: str, paths_for: str = '',
+                plain=()) -> tuple[str, str, tuple[str, ...]]:
+  """Takes the ``paths_for=`` and ``plain=`` items out of ``overrides``.
+
+  Args:
+    overrides: one ``--set`` value.
+    paths_for, plain: the values of the flags, which these items replace.
+
+  Returns:
+    ``(config overrides, paths_for, plain)``: the remaining items and the
+    arguments of ``train_step.implementations``.
+  """
+  items = re.split(r',(?=\s*[A-Za-z_][\w.]*\s*=)', overrides)
+  rest = []
+  for item in filter(None, (s.strip() for s in items)):
+    key, _, value = item.partition('=')
+    if key.strip() == 'paths_for':
+      paths_for = value.strip()
+    elif key.strip() == 'plain':
+      plain = tuple(filter(None, value.strip().split('+')))
+    else:
+      rest.append(item)
+  return ','.join(rest), paths_for, tuple(plain)
+
+
+def compile_step(config, forward: bool = False, implementations=None):
   """The jitted train step of ``config`` and a closure running it.
 
   With ``forward``, the inference forward pass (``train=False``) instead.
+  ``implementations``: what the parser runs (``train_step.implementations``;
+  default the backend's speed paths).
   """
-  setup = bench.setup_train_step(config)
+  setup = bench.setup_train_step(config, implementations)
   state, batch, rng = setup['state'], setup['batch'], setup['rng']
   if forward:
     variables = steps.parser_variables(state.params, state.model_state)
@@ -92,7 +124,8 @@ def main(argv=None) -> None:
   parser.add_argument('--variant', default='sst', choices=('baseline', 'sst'))
   parser.add_argument('--set', action='append', dest='sets', default=[],
                       help='one variant: comma-separated key=value config '
-                      'overrides (repeat; the first is the reference)')
+                      'overrides, or plain=/paths_for= (see above; repeat; '
+                      'the first is the reference)')
   parser.add_argument('--iou_weight', type=float, default=None,
                       help='loss.iou_weight (train_step.py sets 0)')
   parser.add_argument('--num_devices', type=int, default=0)
@@ -113,9 +146,12 @@ def main(argv=None) -> None:
     if args.iou_weight is not None:
       with config.unlocked():
         config.loss.iou_weight = args.iou_weight
-    apply_overrides(config, overrides)
+    config_overrides, paths_for, plain = split_paths(
+        overrides, args.paths_for, args.plain)
+    apply_overrides(config, config_overrides)
     t0 = time.perf_counter()
-    run = compile_step(config, args.forward)
+    run = compile_step(config, args.forward,
+                       bench.implementations(paths_for, plain))
     print(f'# compiled [{overrides or "unchanged"}] in '
           f'{time.perf_counter() - t0:.1f} s', flush=True)
     runs.append(run)
@@ -125,7 +161,8 @@ def main(argv=None) -> None:
   what = 'inference forward' if args.forward else 'train step'
   print(f'# {what}, {args.preset} {args.variant}, '
         f'{bench.crop_text(args)}, '
-        f'batch {args.batch}, {args.optimizer}; median of '
+        f'batch {args.batch}, {args.optimizer}, '
+        f'{bench.paths_text(args.paths_for, args.plain)}; median of '
         f'{args.rounds * args.per_round} steps, interleaved in '
         f'{args.rounds} rounds')
   reference = statistics.median(times[0])

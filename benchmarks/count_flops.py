@@ -1,15 +1,16 @@
 """Model FLOPs per image of the train step and the inference forward.
 
     python benchmarks/count_flops.py --preset=resnet101 --dtype=bfloat16 \
-        --conv_kernel_grad=xla --batch=16
+        --paths_for=gpu --batch=16
 
 XLA's count on the lowered programs (``train_step.flops_per_image``), traced
 with abstract shapes: nothing is initialized or compiled, so it takes
 seconds for ResNet-101 at 473x473 on any machine. It is the numerator of a
 model FLOPs utilisation measured elsewhere (e.g. on a GPU, whose compiled
-programs' own count misses the cuDNN convolutions). ``--conv_kernel_grad``
-must be the one the measured device traced with (``auto`` resolves to
-``xla`` off the CPU).
+programs' own count misses the cuDNN convolutions). ``--paths_for`` must
+name the measured device's backend: the model is built with that backend's
+speed paths (``fast_paths.for_backend``), and the CPU's kernel gradients
+count other FLOPs than the GPU's.
 """
 
 from __future__ import annotations
@@ -24,18 +25,23 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_step as bench  # pylint: disable=g-import-not-at-top
 
+from sst_jax import config_lib
 from sst_jax import optim  # pylint: disable=g-import-not-at-top
+from sst_jax import recipe
 from sst_jax import steps
-from sst_jax import train
 
 
-def count(config) -> dict:
-  """``{'train': FLOPs per image, 'forward': FLOPs per image}``."""
-  domains = train.validate_config(config)
-  model, sst_model = train.build_models(config, domains)
+def count(config, implementations=None) -> dict:
+  """``{'train': FLOPs per image, 'forward': FLOPs per image}``.
+
+  ``implementations``: what the parser runs (``train_step.implementations``;
+  default: the speed paths of the backend JAX runs on).
+  """
+  domains = config_lib.validate_config(config)
+  model, sst_model = recipe.build_models(config, domains, implementations)
   tx = optim.make_optimizer(config.optim, config.total_steps)
   init_fn = functools.partial(
-      train.init_train_state, model=model, sst_model=sst_model, tx=tx,
+      recipe.init_train_state, model=model, sst_model=sst_model, tx=tx,
       image_size=config.data.crop_size)
   state = jax.eval_shape(init_fn, jax.random.key(0))
   batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in
@@ -64,11 +70,12 @@ def main(argv=None) -> None:
   args = bench.apply_preset(parser.parse_args(argv))
   args.num_devices = 0
   print(f'# {args.preset}: {args.backbone} OS {args.output_stride}, '
-        f'{bench.crop_text(args)}, batch {args.batch}, {args.dtype}, conv '
-        f'kernel grad {args.conv_kernel_grad}')
+        f'{bench.crop_text(args)}, batch {args.batch}, {args.dtype}, '
+        f'{bench.paths_text(args.paths_for, args.plain)}')
   print(f'{"":10s} {"train GFLOP/img":>16s} {"forward GFLOP/img":>18s}')
   for variant in args.variants:
-    flops = count(bench.load_config(variant, args))
+    flops = count(bench.load_config(variant, args),
+                  bench.implementations(args.paths_for, args.plain))
     print(f'{variant:10s} {flops["train"] / 1e9:16.1f} '
           f'{flops["forward"] / 1e9:18.1f}', flush=True)
 

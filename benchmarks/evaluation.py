@@ -39,12 +39,13 @@ import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
+from sst_jax import config_lib  # pylint: disable=g-import-not-at-top
 from sst_jax import evaluate  # pylint: disable=g-import-not-at-top
 from sst_jax import host_memory  # pylint: disable=g-import-not-at-top
 from sst_jax import optim  # pylint: disable=g-import-not-at-top
 from sst_jax import parallel  # pylint: disable=g-import-not-at-top
+from sst_jax import recipe  # pylint: disable=g-import-not-at-top
 from sst_jax import steps  # pylint: disable=g-import-not-at-top
-from sst_jax import train  # pylint: disable=g-import-not-at-top
 from sst_jax.data import pipeline  # pylint: disable=g-import-not-at-top
 
 
@@ -80,14 +81,14 @@ def main(argv=None) -> None:
   args = parser.parse_args(argv)
 
   config = load_config(args.overrides)
-  domains = train.validate_config(config)
+  domains = config_lib.validate_config(config)
   names = tuple(d.name for d in domains)
   mesh = parallel.make_mesh(config.num_devices or None)
-  model, sst_model = train.build_models(config, domains)
+  model, sst_model = recipe.build_models(config, domains)
   tx = optim.make_optimizer(config.optim, config.total_steps)
   repl, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
   state = jax.jit(functools.partial(
-      train.init_train_state, model=model, sst_model=sst_model, tx=tx,
+      recipe.init_train_state, model=model, sst_model=sst_model, tx=tx,
       image_size=config.data.crop_size), out_shardings=repl)(
           jax.random.key(config.seed))
   variables = steps.parser_variables(state.params, state.model_state)
@@ -137,7 +138,7 @@ def main(argv=None) -> None:
           for k, d in enumerate(names))
   for i in range(2):
     t0 = time.perf_counter()
-    evaluator(variables, step=i)
+    evaluator(variables)
     seconds = time.perf_counter() - t0
     print(f'full evaluation pass {i + 1}: {n} images in {seconds:.1f} s, '
           f'{n / seconds:.1f} img/s')

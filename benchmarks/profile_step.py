@@ -12,8 +12,9 @@ reductions). Then the most expensive ops with their output shape and the
 model layer that produced them. XLA:CPU runs independent ops concurrently,
 so the op times add up to more than the step's wall time; compare shares.
 
-``--conv_kernel_grad`` selects the convolution kernel gradient
-(``config.model.conv_kernel_grad``), so both forms can be compared.
+``--plain`` replaces speed paths by their plain forms
+(``sst_jax/models/fast_paths.py``; e.g. ``--plain conv`` for XLA's
+convolution kernel gradients), so both forms can be compared.
 """
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_step as bench  # pylint: disable=g-import-not-at-top
 
+from sst_jax import config_lib
 from sst_jax import optim  # pylint: disable=g-import-not-at-top
+from sst_jax import recipe
 from sst_jax import steps
-from sst_jax import train
 
 _MOVE = ('copy', 'transpose', 'slice', 'pad', 'concatenate', 'bitcast')
 
@@ -93,12 +95,13 @@ def main(argv=None) -> None:
   args = bench.apply_preset(parser.parse_args(argv))
   args.num_devices = 1
   config = bench.load_config(args.variant, args)
-  domains = train.validate_config(config)
-  model, sst_model = train.build_models(config, domains)
+  domains = config_lib.validate_config(config)
+  model, sst_model = recipe.build_models(
+      config, domains, bench.implementations(args.paths_for, args.plain))
   tx = optim.make_optimizer(config.optim, config.total_steps)
   lr_fn = optim.learning_rate_schedule(config.optim, config.total_steps)
   state = jax.jit(functools.partial(
-      train.init_train_state, model=model, sst_model=sst_model, tx=tx,
+      recipe.init_train_state, model=model, sst_model=sst_model, tx=tx,
       image_size=config.data.crop_size))(jax.random.key(0))
   batch = jax.device_put(bench.synthetic_batch(config, len(domains)))
   rng = jax.random.key(1)
@@ -141,8 +144,9 @@ def main(argv=None) -> None:
     rows.append((ms, kind, shape, layer))
   total = sum(by_kind.values())
   print(f'# {args.preset} {args.variant} {args.mode}, {bench.crop_text(args)}'
-        f', batch {args.batch}, conv_kernel_grad='
-        f'{args.conv_kernel_grad}: step {step_s * 1e3:.1f} ms wall, '
+        f', batch {args.batch}, '
+        f'{bench.paths_text(args.paths_for, args.plain)}: step '
+        f'{step_s * 1e3:.1f} ms wall, '
         f'{total:.1f} ms summed over {len(op_time)} ops')
   print(f'{"kind":34s} {"ms":>9s} {"share":>6s}')
   for kind, ms in by_kind.most_common():

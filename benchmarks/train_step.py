@@ -7,8 +7,8 @@ Usage::
   python benchmarks/train_step.py --preset=resnet101 --dtype=bfloat16 \
       --json=/tmp/bench.json
 
-Measures exactly what training runs: the model from ``train.build_models``,
-the state from ``train.init_train_state``, the optimizer from
+Measures exactly what training runs: the model from ``recipe.build_models``,
+the state from ``recipe.init_train_state``, the optimizer from
 ``optim.make_optimizer`` and ``steps.train_step`` jitted with the same
 shardings and donation as ``train.py``. Variants: ``baseline`` (plain
 multi-head parser) and ``sst`` (with the training-only SST modules), plus
@@ -33,6 +33,7 @@ devices), so the ratio compares the time per step of one device.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import importlib.util
 import json
@@ -46,13 +47,14 @@ import time
 import jax
 import numpy as np
 
+from sst_jax import config_lib
 from sst_jax import host_memory
 from sst_jax import optim
 from sst_jax import parallel
+from sst_jax import recipe
 from sst_jax import steps
-from sst_jax import train
 from sst_jax.data import pipeline
-from sst_jax.models import layers
+from sst_jax.models import fast_paths
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -74,6 +76,10 @@ PRESETS = {
                  context_features=16, decoder_features=16, resolution=32,
                  crop_width=0, batch=2),
 }
+
+# --plain: the speed paths (fields of fast_paths.Implementations), or all.
+PLAIN_CHOICES = tuple(
+    f.name for f in dataclasses.fields(fast_paths.Implementations)) + ('all',)
 
 # Dense (no sparsity) peak FLOP/s of one device by compute dtype: the first
 # pattern that matches ``device_kind`` wins. TPU kinds are matched whole
@@ -105,20 +111,47 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
               'decoder_features', 'resolution', 'crop_width', 'batch'):
     parser.add_argument(f'--{key}', type=str if key == 'backbone' else int)
   parser.add_argument('--deep_stem', action='store_true')
-  parser.add_argument('--conv_kernel_grad', default='auto',
-                      choices=layers.KERNEL_GRAD_MODES,
-                      help='config.model.conv_kernel_grad (auto: matmul on '
-                      'CPU, xla elsewhere)')
-  parser.add_argument('--factored_convs', type=int, default=1, choices=(0, 1),
-                      help='config.model.factored_convs (1: the convolutions '
-                      'over upsampled inputs mix them before upsampling)')
-  parser.add_argument('--residual_relu', default='select',
-                      choices=tuple(layers.RESIDUAL_RELUS),
-                      help='config.model.residual_relu (max: XLA:CPU '
-                      'recomputes the residual stream in later blocks)')
+  parser.add_argument('--paths_for', default='',
+                      help='the backend whose speed paths the model runs '
+                      '(fast_paths.for_backend: cpu, gpu, tpu; default: the '
+                      "one JAX runs on); e.g. 'gpu' on a CPU host counts the "
+                      "FLOPs of a GPU's program")
+  parser.add_argument('--plain', nargs='*', default=[], choices=PLAIN_CHOICES,
+                      help='speed paths replaced by their plain forms, the '
+                      'references (fields of fast_paths.Implementations; '
+                      'all: every one)')
   parser.add_argument('--dtype', choices=('float32', 'bfloat16'),
                       default='float32')
   parser.add_argument('--optimizer', choices=('sgd', 'adamw'), default='sgd')
+
+
+def implementations(paths_for: str = '',
+                    plain=()) -> fast_paths.Implementations:
+  """What the benchmarked model runs (``--paths_for``, ``--plain``).
+
+  Args:
+    paths_for: ``fast_paths.for_backend``'s backend; '' for JAX's.
+    plain: fields of ``fast_paths.Implementations`` to set to the plain
+      forms, or ``'all'``.
+
+  Returns:
+    a ``fast_paths.Implementations``.
+  """
+  fields = PLAIN_CHOICES[:-1] if 'all' in plain else tuple(plain)
+  unknown = set(fields) - set(PLAIN_CHOICES)
+  if unknown:
+    raise ValueError(f'unknown speed paths {sorted(unknown)}; known: '
+                     f'{PLAIN_CHOICES}')
+  reference = fast_paths.Implementations()
+  return dataclasses.replace(
+      fast_paths.for_backend(paths_for or jax.default_backend()),
+      **{f: getattr(reference, f) for f in fields})
+
+
+def paths_text(paths_for: str = '', plain=()) -> str:
+  """How :func:`implementations` was asked for, for a header line."""
+  text = f'{paths_for or jax.default_backend()} speed paths'
+  return text + (f', plain {"+".join(plain)}' if plain else '')
 
 
 def apply_preset(args: argparse.Namespace) -> argparse.Namespace:
@@ -146,9 +179,6 @@ def load_config(variant: str, args):
                 'decoder_features'):
       config.model[key] = getattr(args, key)
     config.model.deep_stem = args.deep_stem
-    config.model.conv_kernel_grad = args.conv_kernel_grad
-    config.model.factored_convs = bool(args.factored_convs)
-    config.model.residual_relu = args.residual_relu
     config.data.crop_size = args.resolution  # crop height
     config.data.crop_width = args.crop_width  # 0: square
     config.batch_size = args.batch
@@ -182,8 +212,8 @@ def flops_per_image(lowered, jitted, args, images: int) -> float:
   program is one device's share. Backends behind a PJRT plugin (GPU) give
   no analysis of a lowered program; there the same function is lowered
   again, unsharded, for the host CPU: the FLOPs of a program do not depend
-  on the device, and the model's choices made at trace time (e.g. the
-  convolution kernel gradient) follow the default backend either way.
+  on the device, and the model's implementations (e.g. the convolution
+  kernel gradient) were picked for the default backend when it was built.
 
   Args:
     lowered: ``jitted.lower(*args)``.
@@ -217,20 +247,22 @@ def _median_time(fn, warmup: int, steps: int) -> tuple[float, list[float]]:
   return statistics.median(times), times
 
 
-def setup_train_step(config) -> dict:
+def setup_train_step(config, implementations=None) -> dict:
   """Model, state, a random batch and the train step jitted as in train.py.
 
-  Returns a dict with ``model``, ``mesh``, ``replicated`` and ``data``
-  shardings, ``state``, ``host_batch``, ``batch`` (sharded), ``rng`` and
-  ``step_fn`` (jitted, not yet compiled; donates the state).
+  ``implementations`` is what the parser runs (:func:`implementations`;
+  default: the backend's speed paths, as in training). Returns a dict with
+  ``model``, ``mesh``, ``replicated`` and ``data`` shardings, ``state``,
+  ``host_batch``, ``batch`` (sharded), ``rng`` and ``step_fn`` (jitted, not
+  yet compiled; donates the state).
   """
-  domains = train.validate_config(config)
+  domains = config_lib.validate_config(config)
   mesh = parallel.make_mesh(config.num_devices or None)
-  model, sst_model = train.build_models(config, domains)
+  model, sst_model = recipe.build_models(config, domains, implementations)
   tx = optim.make_optimizer(config.optim, config.total_steps)
   lr_fn = optim.learning_rate_schedule(config.optim, config.total_steps)
   repl, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
-  init_fn = functools.partial(train.init_train_state, model=model,
+  init_fn = functools.partial(recipe.init_train_state, model=model,
                               sst_model=sst_model, tx=tx,
                               image_size=config.data.crop_size)
   state = jax.jit(init_fn, out_shardings=repl)(jax.random.key(config.seed))
@@ -262,18 +294,20 @@ def jit_forward(setup: dict):
 
 
 def benchmark_jax(config, *, warmup: int, steps_: int,
-                  forward: bool = True, time_now: bool = True) -> dict:
+                  forward: bool = True, time_now: bool = True,
+                  implementations=None) -> dict:
   """Times the jitted train step (and inference forward) of ``config``.
 
   With ``time_now=False`` nothing is timed: each program runs once (filling
   ``first_loss`` and ``forward_logits``) and the dict gets ``'runners'``,
   ``{'train': fn, 'forward': fn}``, for :func:`interleaved_times`.
+  ``implementations`` as in :func:`setup_train_step`.
 
   Returns:
     a dict of measurements; ``'initial_variables'`` (host parser variables),
     ``'batch'`` and ``'first_loss'`` are included for the PyTorch check.
   """
-  setup = setup_train_step(config)
+  setup = setup_train_step(config, implementations)
   state, batch, rng = setup['state'], setup['batch'], setup['rng']
   n_dev = setup['mesh'].devices.size
   repl, host_batch = setup['replicated'], setup['host_batch']
@@ -512,10 +546,8 @@ def main(argv=None) -> None:
         f'jax {jax.__version__}; {args.backbone} width {args.width} OS '
         f'{args.output_stride} ctx {args.context_features} dec '
         f'{args.decoder_features}, {crop_text(args)}, '
-        f'batch {args.batch}, {args.dtype}, {args.optimizer}, conv kernel '
-        f'grad {args.conv_kernel_grad}, factored convs '
-        f'{bool(args.factored_convs)}, residual relu {args.residual_relu}; '
-        f'median of '
+        f'batch {args.batch}, {args.dtype}, {args.optimizer}, '
+        f'{paths_text(args.paths_for, args.plain)}; median of '
         f'{args.steps} after {args.warmup} warm-up'
         f'{"; JAX and PyTorch timed in turns" if args.torch else ""}')
   if 'mfu_note' in device_info:
@@ -528,7 +560,9 @@ def main(argv=None) -> None:
     config = load_config(variant, args)
     pair = bool(args.torch and variant == 'baseline' and args.steps)
     r = benchmark_jax(config, warmup=args.warmup, steps_=args.steps,
-                      forward=variant == 'baseline', time_now=not pair)
+                      forward=variant == 'baseline', time_now=not pair,
+                      implementations=implementations(args.paths_for,
+                                                      args.plain))
     t = setup_torch(config, r, args) if pair else None
     if pair:
       # PyTorch is timed in turns with JAX, step by step.

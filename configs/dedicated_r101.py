@@ -1,20 +1,21 @@
 r"""Dedicated SST on the real benchmarks with ResNet-101: one target domain.
 
     python -m sst_jax.main \
-        --config=configs/dedicated_r101.py:target=pascal_person_part,data_dir=DATA_DIR \
-        --config.init.backbone=resnet101_imagenet.pth --workdir=/tmp/sst_ded_ppp
+        --config=configs/dedicated_r101.py:target=pascal_person_part,init_from=SOURCE,data_dir=DATA_DIR \
+        --workdir=/tmp/sst_ded_ppp
 
-The target's head is the deliverable (export keeps backbone, decoder and that
-head); the other benchmarks' images are mixed in with weight
-``config.sst.dedicated_other_weight`` (0.5: each other domain is sampled half
-as often as the target) and transfer into the target through MST and L_kd.
-Everything else is ``configs/universal_r101.py``.
+Stage 2 of dedicated parsing (docs/method.md): the target network starts
+from the source model in ``init_from`` (e.g. a ``configs/universal_r101.py``
+workdir), a frozen copy of the source reads 8 source-domain images added to
+every batch of 16 target images, and MST relates the target's node sets to
+the source's. The target's head is the deliverable (export keeps backbone,
+decoder and that head). Everything else is ``configs/universal_r101.py``.
 
 The argument is a comma-separated list of
   ``target=<domain>``  pascal_person_part (default), atr, cihp or lip;
   ``lip`` / ``with_lip``  also use LIP (implied by ``target=lip``);
   ``data_dir=DIR``     the tfds data_dir of the built benchmarks;
-  ``init_from=WORKDIR``  start from a trained universal model's checkpoint;
+  ``init_from=WORKDIR``  the source model (required with SST);
   ``baseline``         the dedicated layout with the SST modules off.
 """
 
@@ -24,6 +25,10 @@ import importlib.util
 import os
 
 from sst_jax import config_lib
+
+# What the argument takes (config_lib.parse_arg).
+ARGS = {'target': str, 'lip': bool, 'with_lip': bool, 'data_dir': str,
+        'init_from': str, 'baseline': bool}
 
 
 def _universal():
@@ -37,28 +42,18 @@ def _universal():
 
 
 def get_config(arg: str | None = None):
-  universal = _universal()
-  options, flags = universal.parse_arg(arg)
-  target = options.pop('target', 'pascal_person_part')
-  if target == 'lip' and 'lip' not in flags and 'with_lip' not in flags:
-    flags.append('with_lip')
-  config = universal.real_config(options, flags)
+  args = config_lib.parse_arg(arg, ARGS, 'configs/dedicated_r101.py')
+  target = args.get('target', 'pascal_person_part')
+  with_lip = 'lip' in args or 'with_lip' in args or target == 'lip'
+  config = _universal().real_config(with_lip, args.get('data_dir', ''))
   if target not in config.domains:
     raise ValueError(f'configs/dedicated_r101.py: target={target!r} is not '
                      f'one of {list(config.domains)}')
-  config.mode_sst = 'dedicated'
+  config.parsing = 'dedicated'
   config.target = target
-  config.init_from = options.pop('init_from', '')
-  config.sst.dedicated_other_weight = 0.5
-  # Dedicated parsing from a frozen source is built for the first
-  # reconstruction only so far (docs/method.md).
-  config.sst.variant = 'first'
-  baseline = 'baseline' in flags
-  if baseline:
-    flags.remove('baseline')
+  config.init_from = args.get('init_from', '')
+  config.sst.dedicated_aux_batch = 8
+  if 'baseline' in args:
     config_lib.disable_sst(config)
-  if options or flags:
-    raise ValueError(f'configs/dedicated_r101.py: unknown argument(s) '
-                     f'{sorted(options) + flags} in {arg!r}')
   config.lock()
   return config

@@ -5,11 +5,12 @@
 The main job: no download needed, finishes in minutes on a 2-core CPU.
 Variants (``--config=configs/synthetic.py:<arg>``):
   ``baseline``   plain multi-head training (SST modules and losses off).
-  ``drawn``      SST as the paper's figures draw it (``sst.variant='drawn'``,
-                 ``sst.dim=32``).
   ``pascal``     synthetic_pascal alone (single-domain reference).
-  ``dedicated``  dedicated SST for synthetic_pascal (each step: the 16 images
-                 of the ``pascal`` run plus 8 of the other domains).
+  ``dedicated``  dedicated SST for synthetic_pascal from the source model in
+                 ``--config.init_from`` (each step: the 16 images of the
+                 ``pascal`` run plus 8 of the source domains).
+  ``finetune``   synthetic_pascal started from ``--config.init_from``, its own
+                 images only, no MST.
   ``msa_mse`` / ``msa_mst``  ablations with one of the two SST branches.
 """
 
@@ -20,26 +21,24 @@ def get_config(arg: str | None = None):
   config = config_lib.base_config()
   config.domains = ['synthetic_pascal', 'synthetic_atr', 'synthetic_cihp',
                     'synthetic_lip']
-  # 3000 steps: with the uint8 input path the 2500-step recipe ended
-  # synthetic_lip just under 0.50 and finished well inside the 2-core CPU's
-  # ~15 minutes (docs/results.md).
+  # 3000 steps: about 15 minutes on a 2-core CPU, with every synthetic
+  # domain above 0.50 mIoU (docs/results.md).
   config.total_steps = 3000
   config.batch_size = 16
   config.log_every = 25
   config.eval_every = 1500
   config.checkpoint_every = 750
 
-  # On a CPU-only host, two devices (data parallel, batch 8 each) run the
-  # step 1.18x faster on two cores than one device (parallel.split_cpu).
+  # On a CPU-only host, two devices (data parallel, batch 8 each) keep both
+  # cores busy through the step's serial parts (parallel.split_cpu).
   config.cpu_devices = 2
 
   config.model.backbone = 'resnet18'
   config.model.width = 24
   config.model.output_stride = 16
   config.model.context_features = 96
-  # A 48-wide decoder: the step costs 0.91x the 64-wide one; with
-  # sst.dim=16 below the main job ends higher on every domain than the
-  # 64/64 recipe at the same steps (docs/results.md).
+  # A 48-wide decoder: cheaper than 64 and no worse for this small model
+  # (docs/history.md).
   config.model.decoder_features = 48
 
   config.optim.name = 'adamw'
@@ -53,11 +52,8 @@ def get_config(arg: str | None = None):
   config.data.cache = True
   # Train on 112x64 (height x width) crops of the 128x128 images (objects
   # keep their size; evaluation is on the full images). People are upright:
-  # a tall crop more often holds a head together with the body below it, for
-  # 1.12x the pixels of an 80x80 crop (2.3x fewer than a full image). Against
-  # 80x80 crops for the same time (2800 steps), two seeds ended 0.012-0.027
-  # higher on every domain; hat, hair and sunglasses gained most
-  # (docs/results.md).
+  # a tall crop more often holds a head together with the body below it,
+  # which square crops of the same area cut apart (docs/history.md).
   config.data.crop_size = 112
   config.data.crop_width = 64
   config.data.scale_range = (0.8, 1.25)
@@ -65,23 +61,14 @@ def get_config(arg: str | None = None):
   config.data.eval_label_size = 128
   # 100 validation images per domain: two full batches, no padding.
   config.eval.batch_size = 50
-  # The main job trains SST's first reconstruction: the method as drawn
-  # (`configs/synthetic.py:drawn`, D = 32, the base config's taps, M_intra
-  # and weights) ended below 0.50 mIoU on synthetic_lip in its first run
-  # (docs/results.md). First reconstruction: D = 16, three MSA scales with
-  # the backbone's stride-4 features, the kd/cons ramp, no
-  # self-distillation.
-  config.sst.variant = 'first'
-  config.sst.dim = 16
-  config.sst.scales = ('res2', 'context', 'decoder')
-  config.sst.rampup_steps = 300
-  config.sst.kd_weight = 0.0
-  # Dedicated variant: every batch holds 16 synthetic_pascal images (the
-  # images the single-domain `pascal` variant reads) plus 8 of the other
-  # three domains, sampled equally.
-  config.sst.dedicated_other_weight = 1 / 3
+  # SST as drawn with 32-wide node sets (the base config's taps, M_intra
+  # and loss weights).
+  config.sst.dim = 32
+  # Dedicated parsing (`dedicated`): every batch holds 16 synthetic_pascal
+  # images (the images the single-domain `pascal` variant reads) plus 8 of
+  # the source domains for the frozen source.
   config.sst.dedicated_aux_batch = 8
-  config = config_lib.apply_variant(config, arg)
-  if config.sst.variant == 'drawn':
-    config.sst.dim = 32
-  return config
+  args = config_lib.parse_arg(
+      arg, {**config_lib.VARIANTS, **config_lib.MODIFIERS},
+      'configs/synthetic.py', config.domains)
+  return config_lib.apply_variant(config, args)

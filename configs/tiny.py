@@ -34,4 +34,8 @@ def get_config(arg: str | None = None):
   config.eval.batch_size = 8
   config.eval.num_vis = 2
   config.sst.dim = 16
-  return config_lib.apply_variant(config, arg)
+  config.sst.dedicated_aux_batch = 8
+  args = config_lib.parse_arg(
+      arg, {**config_lib.VARIANTS, **config_lib.MODIFIERS},
+      'configs/tiny.py', config.domains)
+  return config_lib.apply_variant(config, args)

@@ -13,8 +13,9 @@ The argument is a comma-separated list of
                            ``--config.data.data_dir=DIR``; empty = TFDS's
                            default, ``$TFDS_DATA_DIR`` or
                            ``~/tensorflow_datasets``);
-  one ``config_lib.apply_variant`` name: ``sst`` (default), ``baseline``,
-  ``msa_mse``, ``msa_mst``, a single domain (e.g. ``pascal_person_part``).
+  one variant (``config_lib.apply_variant``): ``sst`` (default),
+  ``baseline``, ``msa_mse``, ``msa_mst``, a single domain (e.g.
+  ``pascal_person_part``).
 e.g. ``--config=configs/universal_r101.py:with_lip,baseline,data_dir=/data``.
 Dedicated SST for one target: ``configs/dedicated_r101.py``.
 """
@@ -26,31 +27,14 @@ from sst_jax import config_lib
 BENCHMARKS = ('pascal_person_part', 'atr', 'cihp')
 SMALLEST_TRAIN_SIZE = 1716  # PASCAL-Person-Part train images.
 EPOCHS = 150                # ... of the smallest dataset.
+# What the argument takes (config_lib.parse_arg).
+ARGS = {'lip': bool, 'with_lip': bool, 'data_dir': str,
+        **config_lib.VARIANTS}
 
 
-def parse_arg(arg: str | None) -> tuple[dict, list[str]]:
-  """Splits ``'a,b=c'`` into ``({'b': 'c'}, ['a'])``."""
-  options, flags = {}, []
-  for token in (arg or '').split(','):
-    token = token.strip()
-    if not token:
-      continue
-    if '=' in token:
-      key, value = token.split('=', 1)
-      options[key.strip()] = value.strip()
-    else:
-      flags.append(token)
-  return options, flags
-
-
-def real_config(options: dict, flags: list[str]):
-  """The unlocked protocol config; consumes the arguments it knows."""
+def real_config(with_lip: bool = False, data_dir: str = ''):
+  """The unlocked protocol config (also ``configs/dedicated_r101.py``'s)."""
   config = config_lib.base_config()
-  with_lip = False
-  for name in ('lip', 'with_lip'):
-    if name in flags:
-      flags.remove(name)
-      with_lip = True
   config.domains = list(BENCHMARKS) + (['lip'] if with_lip else [])
 
   # 16 images per global batch, as "16 per 8 GPUs" (2 per device on 8).
@@ -84,7 +68,7 @@ def real_config(options: dict, flags: list[str]):
   config.optim.warmup_steps = 500
   config.optim.warmup_init_factor = 0.1
 
-  config.data.data_dir = options.pop('data_dir', '')
+  config.data.data_dir = data_dir
   config.data.tfds_names = {d: d for d in config.domains}  # e.g. 'cihp/skip_bad'
   config.data.train_split = 'train'
   config.data.eval_split = 'validation'
@@ -127,9 +111,9 @@ def real_config(options: dict, flags: list[str]):
 
 
 def get_config(arg: str | None = None):
-  options, flags = parse_arg(arg)
-  config = real_config(options, flags)
-  if options or len(flags) > 1:
-    raise ValueError(f'configs/universal_r101.py: unknown argument(s) '
-                     f'{sorted(options) + flags[1:]} in {arg!r}')
-  return config_lib.apply_variant(config, flags[0] if flags else None)
+  args = config_lib.parse_arg(arg, ARGS, 'configs/universal_r101.py',
+                              BENCHMARKS)
+  with_lip = args.pop('lip', False)
+  with_lip = args.pop('with_lip', False) or with_lip
+  config = real_config(with_lip, args.pop('data_dir', ''))
+  return config_lib.apply_variant(config, args)

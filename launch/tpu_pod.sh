@@ -1,22 +1,23 @@
 #!/usr/bin/env bash
 # Trains on a Cloud TPU VM or pod slice: creates the TPU VM (or reuses it
 # when it exists), copies this repository to every worker, installs it with
-# jax[tpu], and starts the same command on all workers at once. Each worker
+# jax[tpu] and the [gcs] extra, and starts the same command on all workers at
+# once. Each worker
 # runs one process; jax.distributed.initialize() (--multihost) finds the
 # other workers through the TPU metadata.
 #
 # Usage (from anywhere; the repository is the one holding this script):
 #   TPU_NAME=sst-v5e ZONE=us-west4-a launch/tpu_pod.sh CONFIG WORKDIR [flags...]
 #   TPU_NAME=sst-v4 ZONE=us-central2-b ACCELERATOR_TYPE=v4-32 \
-#     RUNTIME_VERSION=tpu-ubuntu2204-base GCS_BUCKET=my-bucket \
-#     launch/tpu_pod.sh configs/synthetic.py /mnt/gcs/runs/sst \
+#     RUNTIME_VERSION=tpu-ubuntu2204-base \
+#     launch/tpu_pod.sh configs/synthetic.py gs://my-bucket/runs/sst \
 #     --config.batch_size=128
 #
-# WORKDIR must be one directory that every worker sees (checkpoints are
-# written by all processes together): with GCS_BUCKET set, the bucket is
-# mounted with gcsfuse at /mnt/gcs on every worker, so use a WORKDIR under
-# /mnt/gcs. Re-running the script resumes from WORKDIR's latest checkpoint
-# (e.g. after a spot preemption).
+# WORKDIR must be one location that every worker sees (checkpoints are
+# written by all processes together): a gs:// URL (docs/launch.md, "Remote
+# workdirs"). Re-running the script resumes from WORKDIR's latest checkpoint
+# (e.g. after a spot preemption, where the processes save the step they
+# reached and exit 0).
 #
 # Environment variables read:
 #   TPU_NAME          TPU VM name (required).
@@ -26,7 +27,9 @@
 #   RUNTIME_VERSION   TPU software version for creation
 #                     (default: v2-alpha-tpuv5-lite).
 #   SPOT              1 to create a spot (preemptible) TPU (default: 0).
-#   GCS_BUCKET        bucket to mount at /mnt/gcs on every worker (optional).
+#   GCS_BUCKET        bucket to mount at /mnt/gcs on every worker with gcsfuse
+#                     (optional; for data read through local paths, not for
+#                     the workdir).
 #   JAX_PACKAGE       pip requirement for JAX on TPU (default: jax[tpu]).
 #   REMOTE_DIR        repository location on the workers (default: sst_jax,
 #                     under the remote home directory).
@@ -77,7 +80,7 @@ if [[ "${SKIP_INSTALL:-0}" != 1 ]]; then
   on_all_workers "set -e; rm -rf ${remote_dir}; mkdir -p ${remote_dir};
     tar -xzf sst_jax.tar.gz -C ${remote_dir};
     python3 -m pip install -q -U pip;
-    python3 -m pip install -q -e ${remote_dir} '${JAX_PACKAGE:-jax[tpu]}'"
+    python3 -m pip install -q -e '${remote_dir}[gcs]' '${JAX_PACKAGE:-jax[tpu]}'"
 fi
 
 if [[ -n "${GCS_BUCKET:-}" ]]; then

@@ -24,6 +24,7 @@ import functools
 import os
 from typing import Any, Iterable, Sequence, Union
 
+from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,6 +32,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from sst_jax import domains as domains_lib
 from sst_jax import export as export_lib
+from sst_jax import interpolation
 from sst_jax import steps
 from sst_jax.data import transforms
 from sst_jax.models import layers
@@ -116,28 +118,16 @@ class Layout:
   limit: tuple[int, int]
 
 
-def bilinear_matrix(coords: np.ndarray, in_size: int, limit: int) -> np.ndarray:
-  """``[len(coords), in_size]`` weights sampling positions ``coords``.
-
-  Coordinates are clamped to ``[0, limit - 1]`` so padding is never read.
-  """
-  src = np.clip(coords, 0, limit - 1)
-  lo = np.floor(src).astype(np.int64)
-  hi = np.minimum(lo + 1, limit - 1)
-  frac = (src - lo).astype(np.float32)
-  m = np.zeros((len(coords), in_size), np.float32)
-  rows = np.arange(len(coords))
-  np.add.at(m, (rows, lo), 1 - frac)
-  np.add.at(m, (rows, hi), frac)
-  return m
-
-
 def map_back(logits: np.ndarray, layout: Layout) -> np.ndarray:
   """Input-resolution ``[S, S, C]`` -> original ``[H, W, C]`` (bilinear)."""
   s_h, s_w = logits.shape[:2]
   (h, w), (ah, aw), (bh, bw) = layout.size, layout.scale, layout.offset
-  mh = bilinear_matrix(ah * np.arange(h) + bh, s_h, layout.limit[0])
-  mw = bilinear_matrix(aw * np.arange(w) + bw, s_w, layout.limit[1])
+  # Clipped to the image's extent: the padding is never read.
+  lh, lw = layout.limit
+  mh = interpolation.linear_weights(
+      np.clip(ah * np.arange(h) + bh, 0, lh - 1), lh, s_h)
+  mw = interpolation.linear_weights(
+      np.clip(aw * np.arange(w) + bw, 0, lw - 1), lw, s_w)
   rows = (mh @ logits.reshape(s_h, -1)).reshape(h, s_w, -1)
   return np.matmul(mw, rows)
 
@@ -271,7 +261,7 @@ class Parser:
   """A loaded human parser: decode, fit, predict with TTA, map back.
 
   Attributes:
-    module: the Flax module (``models.parser.Parser`` or
+    module: the Flax module (``models.ParsingNetwork`` or
       ``models.schp.AugmentCE2P``).
     variables: its ``{'params', 'batch_stats'}``.
     label_domains: ``{name: domains.Domain}`` of the heads, in model order.
@@ -317,8 +307,8 @@ class Parser:
 
     Args:
       path: a workdir (``<path>/checkpoints``), an export directory
-        (``<path>/export.json``) or an SCHP ``.pth``/``.safetensors``/
-        ``.npz`` file.
+        (``<path>/export.json``), both local or ``gs://`` (``etils.epath``),
+        or an SCHP ``.pth``/``.safetensors``/``.npz`` file.
       domain: the SCHP checkpoint's domain (``'lip'``, ``'atr'``,
         ``'pascal_person_part'``); for other models, the default domain of
         ``parse``.
@@ -330,12 +320,12 @@ class Parser:
       ValueError: for an SCHP file without ``domain``, or an unknown domain.
     """
     path = os.fspath(path)
-    if os.path.isfile(os.path.join(path, export_lib.META_FILE)):
+    if (epath.Path(path) / export_lib.META_FILE).is_file():
       module, variables, info = export_lib.load_exported(path)
       doms = export_lib.domains_of(info)
       size = input_size or info['preprocessing']['input_size']
       default = info.get('target') or None
-    elif os.path.isdir(os.path.join(path, 'checkpoints')):
+    elif (epath.Path(path) / 'checkpoints').is_dir():
       meta, params, model_state, _ = export_lib.load_checkpoint(path)
       doms = export_lib.domains_of(meta)
       heads = [d.name for d in doms]
@@ -343,7 +333,7 @@ class Parser:
       module = export_lib.build_parser(meta, heads)
       size = input_size or export_lib.input_size_of(meta)
       default = meta.get('target') or None
-    elif os.path.isfile(path):
+    elif epath.Path(path).is_file():
       return cls._load_schp(path, domain, input_size)
     else:
       raise FileNotFoundError(

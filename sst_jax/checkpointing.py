@@ -4,13 +4,21 @@ This is the only module that imports orbax. A checkpoint step holds three
 items: ``state`` (the TrainState pytree), ``data`` (the input iterator's
 state, JSON) and ``metadata`` (config, label domains with class lists,
 step; JSON). Saves are asynchronous.
+
+Workdirs are ``etils.epath`` paths: a local directory or a ``gs://`` URL
+(with the ``[gcs]`` extra). On ``gs://`` a checkpoint commits by writing a
+commit file into its step directory once every item is written (orbax's
+``CommitFileTemporaryPath``) instead of renaming a temporary directory,
+which object storage cannot do atomically (``manager_options``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Sequence
 
+from etils import epath
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -60,17 +68,66 @@ def check_format(metadata: dict, path: str) -> None:
 ITEMS = ('state', 'data', 'metadata')
 
 
-def make_manager(workdir: str, max_to_keep: int = 3,
-                 save_interval_steps: int = 1,
-                 async_save: bool = True) -> ocp.CheckpointManager:
-  path = os.path.join(os.path.abspath(workdir), 'checkpoints')
+def workdir_path(workdir: str | os.PathLike) -> epath.Path:
+  """``workdir`` as an ``epath.Path``: absolute if local, URLs kept as given.
+
+  Every file under a workdir (checkpoints, ``metrics.jsonl``, TensorBoard
+  events, PNGs, ``config.json``) is reached through this path, so a
+  ``gs://bucket/run`` workdir works wherever a local one does.
+  """
+  path = epath.Path(workdir)
+  return path if is_remote(path) else path.expanduser().absolute()
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+  """Whether ``path`` is a URL (``gs://...``) rather than a local path."""
+  return '://' in os.fspath(path)
+
+
+def is_gcs(path: str | os.PathLike) -> bool:
+  return os.fspath(path).startswith('gs://')
+
+
+def manager_options(directory: str | os.PathLike, *, max_to_keep: int = 3,
+                    save_interval_steps: int = 1, async_save: bool = True,
+                    create: bool = True) -> ocp.CheckpointManagerOptions:
+  """The checkpoint manager's options for a checkpoint ``directory``.
+
+  On ``gs://`` the commit-file protocol is selected explicitly: orbax
+  writes the step in place and adds a commit file last, and readers skip
+  steps without one; the rename-based protocol of local directories would
+  copy every object of the checkpoint on GCS.
+  """
+  options = dict(max_to_keep=max_to_keep,
+                 save_interval_steps=save_interval_steps,
+                 enable_async_checkpointing=async_save, create=create)
+  if is_gcs(directory):
+    fields = {f.name for f in dataclasses.fields(ocp.CheckpointManagerOptions)}
+    if 'atomicity_options' in fields:
+      options['atomicity_options'] = ocp.options.AtomicityOptions(
+          mode=ocp.options.AtomicityMode.COMMIT_FILE)
+    else:  # orbax-checkpoint releases before AtomicityOptions
+      options['temporary_path_class'] = (
+          ocp.path.atomicity.CommitFileTemporaryPath)
+  return ocp.CheckpointManagerOptions(**options)
+
+
+def make_manager(workdir: str | os.PathLike, max_to_keep: int = 3,
+                 save_interval_steps: int = 1, async_save: bool = True,
+                 create: bool = True) -> ocp.CheckpointManager:
+  """The checkpoint manager of ``<workdir>/checkpoints``.
+
+  ``create=False``: a reader's view; the manager writes nothing until a
+  ``save`` (readers never call it).
+  """
+  path = workdir_path(workdir) / 'checkpoints'
   # Handlers (not just item names) so that a reader can ask for an item's
-  # saved tree structure, shapes and dtypes (``restore_state``).
+  # saved tree structure, shapes and dtypes (``restore``).
   return ocp.CheckpointManager(
       path,
-      options=ocp.CheckpointManagerOptions(
-          max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
-          enable_async_checkpointing=async_save, create=True),
+      options=manager_options(path, max_to_keep=max_to_keep,
+                              save_interval_steps=save_interval_steps,
+                              async_save=async_save, create=create),
       item_handlers={'state': ocp.StandardCheckpointHandler(),
                      'data': ocp.JsonCheckpointHandler(),
                      'metadata': ocp.JsonCheckpointHandler()})
@@ -84,90 +141,109 @@ def save(manager: ocp.CheckpointManager, step: int, state, data_state: dict,
       metadata=ocp.args.JsonSave(metadata)), force=force)
 
 
-def restore_metadata(manager: ocp.CheckpointManager, step: int) -> dict:
-  """Checkpoint ``step``'s metadata item, checked by ``check_format``."""
-  metadata = manager.restore(step, args=ocp.args.Composite(
-      metadata=ocp.args.JsonRestore()))['metadata']
-  check_format(metadata, f'{manager.directory}/{step}')
-  return metadata
+ITEMS = ('state', 'data', 'metadata')
 
 
-def restore_state(manager: ocp.CheckpointManager, step: int,
-                  target: Any = None, sharding: Any = None) -> Any:
-  """Restores checkpoint ``step``'s train state for this process.
+def restore(manager: ocp.CheckpointManager, step: int,
+            items: Sequence[str] = ('state',), *, target: Any = None,
+            sharding: Any = None) -> dict:
+  """Reads items of checkpoint ``step``; every reader of a checkpoint.
 
-  Every reader of a checkpoint comes here. The state is always restored
-  against a target built for the current process, never with the shardings
-  it was saved with: a checkpoint written by N devices or processes (a pod
-  slice, ``config.cpu_devices=2``) reads on M, one device or a laptop
-  included. Without a target orbax would rebuild the saved topology and
-  fail with "Topology mismatch".
+  The state is always restored against a target built for the current
+  process, never with the shardings it was saved with: a checkpoint written
+  by N devices or processes (a pod slice, ``config.cpu_devices=2``) reads on
+  M, one device or a laptop included. Without a target orbax would rebuild
+  the saved topology and fail with "Topology mismatch".
 
   Args:
     manager: from :func:`make_manager`.
     step: the checkpoint step.
+    items: which of ``ITEMS`` to read: ``'state'`` (the train state),
+      ``'data'`` (the input iterator's state), ``'metadata'`` (checked by
+      :func:`check_format`).
     target: an abstract state (``jax.ShapeDtypeStruct`` leaves with
       shardings, e.g. ``parallel.shapes_like(eval_shape(init), repl)``): the
       state is restored onto exactly that tree (resuming training).
-    sharding: without ``target``, the tree is the checkpoint's own (nested
-      dicts and lists) and every leaf is placed with this sharding (the
-      current mesh's replicated sharding for evaluation or
+    sharding: without ``target``, the state's tree is the checkpoint's own
+      (nested dicts and lists) and every leaf is placed with this sharding
+      (the current mesh's replicated sharding for evaluation or
       ``config.init_from``); ``None`` restores host numpy arrays (export,
       predict, ``Parser.load``).
 
   Returns:
-    the state tree.
+    ``{item: value}`` for each of ``items``.
+
+  Raises:
+    FileNotFoundError: when the state is asked for and the checkpoint has
+      none.
+    CheckpointFormatError: when the metadata records another format.
   """
-  if target is None:
-    saved = manager.item_metadata(step)['state']
-    if saved is None:
-      raise FileNotFoundError(
-          f'{manager.directory}/{step}: the checkpoint has no train state')
-    if sharding is None:
-      target = jax.tree.map(lambda m: np.empty(m.shape, m.dtype), saved.tree)
-    else:
-      target = jax.tree.map(
-          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
-          saved.tree)
-  return manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(target)))['state']
+  unknown = set(items) - set(ITEMS)
+  if unknown:
+    raise ValueError(f'unknown checkpoint items {sorted(unknown)}; the items '
+                     f'are {ITEMS}')
+  args = {}
+  if 'state' in items:
+    if target is None:
+      saved = manager.item_metadata(step)['state']
+      if saved is None:
+        raise FileNotFoundError(
+            f'{manager.directory}/{step}: the checkpoint has no train state')
+      if sharding is None:
+        target = jax.tree.map(lambda m: np.empty(m.shape, m.dtype),
+                              saved.tree)
+      else:
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype,
+                                           sharding=sharding), saved.tree)
+    args['state'] = ocp.args.StandardRestore(target)
+  for item in ('data', 'metadata'):
+    if item in items:
+      args[item] = ocp.args.JsonRestore()
+  restored = manager.restore(step, args=ocp.args.Composite(**args))
+  out = {item: restored[item] for item in items}
+  if 'metadata' in out:
+    check_format(out['metadata'], f'{manager.directory}/{step}')
+  return out
 
 
-def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
-  """Restores state (onto ``abstract_state``'s shardings) and data state."""
-  state = restore_state(manager, step, target=abstract_state)
-  data = manager.restore(step, args=ocp.args.Composite(
-      data=ocp.args.JsonRestore()))['data']
-  return state, data
-
-
-def open_latest(workdir: str, what: str = 'workdir'
+def open_latest(workdir: str | os.PathLike, what: str = 'workdir',
+                step: int | None = None
                 ) -> tuple[ocp.CheckpointManager, int, dict]:
-  """A read-only view of ``workdir``'s latest checkpoint.
+  """A read-only view of ``workdir``'s latest checkpoint (or of ``step``).
+
+  Nothing in the workdir is created, changed or deleted.
 
   Args:
-    workdir: a training workdir.
+    workdir: a training workdir (local or ``gs://``).
     what: how the workdir was given, for messages (e.g.
       ``'config.init_from'``).
+    step: a checkpoint step to open instead of the latest.
 
   Returns:
     ``(manager, step, metadata)``; the caller closes the manager.
 
   Raises:
-    FileNotFoundError: naming the workdir when it holds no checkpoint.
+    FileNotFoundError: naming the workdir when it holds no checkpoint, or
+      when it holds none at ``step`` (listing the steps it holds).
     CheckpointFormatError: when the checkpoint has another format.
   """
-  # Checked first: the manager would otherwise create the directory.
-  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
-    raise FileNotFoundError(f'{what} {workdir!r} is not a training workdir '
-                            '(no checkpoints/ folder)')
-  manager = make_manager(workdir, async_save=False)
-  step = manager.latest_step()
-  if step is None:
+  if not (workdir_path(workdir) / 'checkpoints').is_dir():
+    raise FileNotFoundError(f'{what} {os.fspath(workdir)!r} is not a '
+                            'training workdir (no checkpoints/ folder)')
+  manager = make_manager(workdir, async_save=False, create=False)
+  steps = sorted(manager.all_steps())
+  if not steps or (step is not None and step not in steps):
     manager.close()
-    raise FileNotFoundError(f'{what} {workdir!r}: no checkpoint in '
-                            f'{manager.directory}')
-  return manager, int(step), restore_metadata(manager, step)
+    if not steps:
+      raise FileNotFoundError(f'{what} {os.fspath(workdir)!r}: no checkpoint '
+                              f'in {manager.directory}')
+    raise FileNotFoundError(
+        f'{what} {os.fspath(workdir)!r}: no checkpoint at step {step} in '
+        f'{manager.directory} (steps there: '
+        f'{", ".join(map(str, steps))})')
+  step = steps[-1] if step is None else step
+  return manager, int(step), restore(manager, step, ('metadata',))['metadata']
 
 
 def check_domains(metadata: dict, domains: Sequence[domains_lib.Domain],

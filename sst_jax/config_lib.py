@@ -1,19 +1,32 @@
-"""The base training config every ``configs/*.py`` file starts from.
+"""The training config: its fields, their checks and what they imply.
 
-Each field is documented here once; experiment files only change values.
+``base_config`` is the config every ``configs/*.py`` file starts from; each
+field is documented there once and experiment files only change values.
+``validate_config`` checks the fields against each other, and the functions
+below it derive what training reads from them (batch composition, the
+final-crop phase). Training, evaluation and the benchmarks all read configs
+through this module.
 """
 
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 import ml_collections
+
+from sst_jax import domains as domains_lib
 
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.mode = 'train'            # 'train' | 'eval'
+  # What sst_jax.main runs: 'train' (train.train_and_evaluate) or 'eval'
+  # (evaluate.score_latest_checkpoint: score the workdir's latest checkpoint).
+  c.mode = 'train'
   c.domains = []              # label-domain names (sst_jax.domains), in order
-  c.mode_sst = 'universal'    # 'universal' | 'dedicated'
-  c.target = ''               # dedicated mode: the target domain
+  # 'universal' (one network, a head per domain) or 'dedicated' (a network
+  # for config.target, trained from the source model in config.init_from).
+  c.parsing = 'universal'
+  c.target = ''               # dedicated parsing: the target domain
   c.init_from = ''            # workdir of a trained model to start from
   c.seed = 0
   c.total_steps = 1000
@@ -52,15 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.context_features = 512
   c.model.decoder_features = 256
   c.model.psp_bins = (1, 2, 3, 6)
-  # 3x3 convs over concatenations with upsampled inputs (PSP bottleneck,
-  # decoder fuse1) mix the small inputs before upsampling them: same
-  # parameters and outputs as the literal concatenation (False).
-  c.model.factored_convs = True
   c.model.edge = False
-  # KxK convolutions' kernel gradient: 'auto' (matrix products per kernel
-  # tap on CPU, XLA's convolution elsewhere), 'xla' or 'matmul'.
-  c.model.conv_kernel_grad = 'auto'
-  c.model.residual_relu = 'select'  # 'select' | 'max' (layers.relu)
 
   c.init = ml_collections.ConfigDict()
   c.init.backbone = ''        # ImageNet ResNet or SCHP weights (.pth/.safetensors/.npz)
@@ -135,16 +140,12 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.sst = ml_collections.ConfigDict()
   c.sst.enabled = True
-  # 'drawn': MSA, the SP chain and the SM chain as the paper's figures draw
-  # them (sst_jax/models/sst.py); 'first': the first reconstruction
-  # (sst_jax/models/sst_first.py), kept for the ablation.
-  c.sst.variant = 'drawn'
   c.sst.dim = 256             # node / prototype width D
   c.sst.mse = True
   c.sst.mst = True
   c.sst.mse_weight = 0.4
   c.sst.mst_weight = 0.4
-  # variant='drawn'. MSA's three taps, coarse to fine along the decoder.
+  # MSA's three taps, coarse to fine along the decoder.
   c.sst.taps = ('context', 'decoder_fuse1', 'decoder')
   # M_intra: 'adjacency' (EMA of the labels' class adjacency), 'learned' (a
   # trainable matrix per domain) or 'identity'.
@@ -157,98 +158,160 @@ def base_config() -> ml_collections.ConfigDict:
   # Every batch holds batch_size / K images of each of the K domains, so
   # that every node set and every domain pair exists in every step.
   c.sst.fixed_batch = True
-  # variant='first'.
-  c.sst.scales = ('context', 'decoder')  # aux features used as scales
-  c.sst.memory_momentum = 0.9
-  c.sst.prior = 'bias'        # 'bias' | 'kl' | 'none'
-  c.sst.prior_dilation = 2    # pixels, at the prior's scale
-  c.sst.prior_weight = 0.1    # weight of the KL prior loss (prior='kl')
-  c.sst.other_prototypes = 'predicted'  # 'predicted' | 'memory'
-  c.sst.cons_weight = 0.1
-  c.sst.kd_weight = 0.5
-  c.sst.kd_temperature = 2.0
-  c.sst.rampup_steps = 0      # kd/cons weights ramp up over these steps
-  c.sst.dedicated_other_weight = 1.0  # dedicated: mix weight of other domains
-  # Dedicated: rows of other-domain samples added to every batch of
-  # batch_size target samples (0: the target and the others share the batch
-  # by their mix weights).
+  # Dedicated parsing: source-domain rows added to every batch of
+  # batch_size target rows, split equally over the source domains; the
+  # frozen source reads them for MST (0: the target's images only).
   c.sst.dedicated_aux_batch = 0
   return c
 
 
+# The arguments of ``apply_variant``: at most one variant (or a domain of
+# the config, trained alone), then modifiers. ``str | None``: the key alone,
+# or ``key=<str>``.
+VARIANTS = {'sst': bool, 'baseline': bool, 'msa_mse': bool, 'msa_mst': bool,
+            'dedicated': str | None, 'finetune': str | None}
+MODIFIERS = {'domains': str, 'train_examples': str}
+
+
+def parse_arg(arg: str | None, known: dict[str, Any], source: str,
+              domains: Sequence[str] = ()) -> dict[str, Any]:
+  """Parses a config file's argument (``--config=<file>:<arg>``).
+
+  The argument is a comma-separated list of ``key`` and ``key=value``
+  tokens, e.g. ``'with_lip,baseline,data_dir=/data'``.
+
+  Args:
+    arg: the argument; None or '' for none.
+    known: the keys the config file takes, with their types: ``bool`` (a
+      flag: ``key`` alone), ``str`` or ``int`` (``key=value``), or
+      ``str | None`` (either; ``key`` alone gives None).
+    source: the config file, for messages.
+    domains: label domains a bare token may name (by name or by the suffix
+      after ``_``, e.g. ``pascal`` for ``synthetic_pascal``); it is
+      returned under ``'domain'``.
+
+  Returns:
+    ``{key: value}`` for the keys given (flags: True), in the order given.
+
+  Raises:
+    ValueError: naming the token and the keys that ``source`` takes, for an
+      unknown key, a value that is missing or has the wrong type, or a key
+      given twice.
+  """
+  args = {}
+  for token in (arg or '').split(','):
+    token = token.strip()
+    if not token:
+      continue
+    key, has_value, value = (t.strip() for t in token.partition('='))
+    kind = known.get(key)
+    if key not in known:
+      if has_value or not any(d == key or d.endswith('_' + key)
+                              for d in domains):
+        raise ValueError(
+            f'{source}: unknown argument {token!r} in {arg!r}; it takes '
+            f'{", ".join(_describe(k, t) for k, t in known.items())}'
+            + (f' or a domain of {list(domains)}' if domains else ''))
+      key, kind, has_value, value = 'domain', str, True, token
+    elif kind is bool and has_value:
+      raise ValueError(f'{source}: {key!r} takes no value, got {token!r}')
+    elif kind in (str, int) and not has_value:
+      raise ValueError(f'{source}: {key!r} needs a value: '
+                       f'{key}=<{kind.__name__}>')
+    if key in args:
+      raise ValueError(f'{source}: {key!r} given twice in {arg!r}')
+    if kind is bool:
+      args[key] = True
+    elif kind is int:
+      try:
+        args[key] = int(value)
+      except ValueError:
+        raise ValueError(f'{source}: {key}={value!r} is not an integer'
+                         ) from None
+    else:
+      args[key] = value if has_value else None
+  return args
+
+
+def _describe(key: str, kind) -> str:
+  if kind is bool:
+    return key
+  if kind in (str, int):
+    return f'{key}=<{kind.__name__}>'
+  return f'{key}[=<str>]'
+
+
 def apply_variant(config: ml_collections.ConfigDict,
-                  arg: str | None) -> ml_collections.ConfigDict:
+                  args: dict[str, Any]) -> ml_collections.ConfigDict:
   """Applies a named ablation variant, then locks the config.
 
-  Variants: ``sst`` (default: the config's SST), ``drawn`` / ``first``
-  (SST as the paper draws it / its first reconstruction, i.e.
-  ``sst.variant``), ``baseline`` (modules and losses off),
-  ``<domain-suffix>`` e.g. ``pascal`` (that synthetic/real domain alone,
-  baseline), ``dedicated`` / ``dedicated=<domain>`` (the target sampled
-  with weight 1, the others with ``sst.dedicated_other_weight``; replaces
-  ``data.mix``), ``msa_mse``, ``msa_mst``.
+  ``args`` (from :func:`parse_arg` with ``VARIANTS``, optionally
+  ``MODIFIERS``, and the config's domains) name at most one variant:
+  ``sst`` (default: the config's SST), ``baseline`` (modules and losses
+  off), a domain e.g. ``pascal`` (that synthetic/real domain alone,
+  baseline), ``dedicated`` / ``dedicated=<domain>`` (dedicated parsing of
+  that target from the model in ``config.init_from``), ``finetune`` /
+  ``finetune=<domain>`` (the same target started from
+  ``config.init_from`` and trained on its own images only, without MST),
+  ``msa_mse`` (MST off), ``msa_mst`` (L_mse off).
 
-  Modifiers may follow the variant, comma-separated:
-  ``domains=<suffix>+<suffix>...`` trains on those domains only (e.g.
-  ``sst,domains=pascal+cihp``, the scalability rows of the ablation),
-  ``sst=<variant>`` sets ``sst.variant`` (e.g. ``msa_mse,sst=drawn``) and
-  ``train_examples=<suffix>:<n>`` caps a synthetic domain's training images
-  (e.g. ``sst,train_examples=pascal:100``, the low-data rows).
+  Modifiers may follow: ``domains=<suffix>+<suffix>...`` trains on those
+  domains only (e.g. ``sst,domains=pascal+cihp``, the scalability rows of
+  the ablation) and ``train_examples=<suffix>:<n>`` caps a synthetic
+  domain's training images (e.g. ``sst,train_examples=pascal:100``, the
+  low-data rows).
+
+  Raises:
+    ValueError: for two variants, or a modifier or domain that does not
+      resolve.
   """
-  arg, *modifiers = (arg or 'sst').split(',')
-  arg = arg or 'sst'
-  if arg == 'sst':
-    pass
-  elif arg == 'baseline':
+  variants = [k for k in args if k in VARIANTS or k == 'domain']
+  if len(variants) > 1:
+    raise ValueError(f'one variant at most, got {variants}')
+  variant = variants[0] if variants else 'sst'
+  if variant == 'baseline':
     disable_sst(config)
-  elif arg in ('drawn', 'first'):
-    config.sst.variant = arg
-  elif arg in ('msa_mse', 'msa_mst'):
-    config.sst.mst = arg == 'msa_mst'
-    config.sst.mse = arg == 'msa_mse'
-    if arg == 'msa_mse':
+  elif variant in ('msa_mse', 'msa_mst'):
+    config.sst.mst = variant == 'msa_mst'
+    config.sst.mse = variant == 'msa_mse'
+    if variant == 'msa_mse':
       config.sst.mst_weight = 0.0
-      config.sst.cons_weight = 0.0
     else:
       config.sst.mse_weight = 0.0
-  elif arg.startswith('dedicated'):
-    target = arg.split('=', 1)[1] if '=' in arg else config.domains[0]
-    config.mode_sst = 'dedicated'
-    config.target = _resolve(config, target)
-    # Dedicated parsing from a frozen source is built for the first
-    # reconstruction only so far.
-    config.sst.variant = 'first'
-    # The target is sampled with weight 1, every other domain with
-    # sst.dedicated_other_weight, whatever the universal recipe's mix.
+  elif variant in ('dedicated', 'finetune'):
+    config.parsing = 'dedicated'
+    config.target = _resolve(config, args[variant] or config.domains[0])
     config.data.mix = ml_collections.ConfigDict()
-  else:
-    config.domains = [_resolve(config, arg)]
-    config.data.mix = ml_collections.ConfigDict(
-        {k: v for k, v in config.data.mix.items() if k in config.domains})
+    if variant == 'finetune':
+      config.sst.mst = False
+      config.sst.mst_weight = 0.0
+      config.sst.dedicated_aux_batch = 0
+  elif variant == 'domain':
+    _keep_domains(config, [_resolve(config, args['domain'])])
     disable_sst(config)
-  for modifier in modifiers:
-    key, _, value = modifier.partition('=')
-    if key == 'domains' and value:
-      config.domains = [_resolve(config, d) for d in value.split('+')]
-      config.data.mix = ml_collections.ConfigDict(
-          {k: v for k, v in config.data.mix.items() if k in config.domains})
-    elif key == 'sst' and value:
-      config.sst.variant = value
-    elif key == 'train_examples' and value.count(':') == 1:
-      name, count = value.split(':')
+  for key, value in args.items():  # the modifiers, in the order given
+    if key == 'domains':
+      _keep_domains(config, [_resolve(config, d) for d in value.split('+')])
+    elif key == 'train_examples':
+      name, sep, count = value.partition(':')
+      if not sep or not count.isdigit():
+        raise ValueError('train_examples=<domain>:<n> caps a domain\'s '
+                         f'training images, got {value!r}')
       config.data.synthetic_examples[
           f'{_resolve(config, name)}:train'] = int(count)
-    else:
-      raise ValueError(
-          f'unknown config modifier {modifier!r}: use domains=<a>+<b>, '
-          'sst=<variant> or train_examples=<domain>:<n>')
   config.lock()
   return config
 
 
+def _keep_domains(config, names: list[str]) -> None:
+  config.domains = names
+  config.data.mix = ml_collections.ConfigDict(
+      {k: v for k, v in config.data.mix.items() if k in names})
+
+
 def disable_sst(config):
   config.sst.enabled = False
-  for k in ('mse_weight', 'mst_weight', 'cons_weight', 'kd_weight'):
+  for k in ('mse_weight', 'mst_weight'):
     config.sst[k] = 0.0
 
 
@@ -258,3 +321,116 @@ def _resolve(config, name: str) -> str:
       return d
   raise ValueError(f'variant names domain {name!r}, not one of '
                    f'{list(config.domains)}')
+
+
+def validate_config(config) -> tuple[domains_lib.Domain, ...]:
+  """Checks cross-field constraints; returns the configured domains."""
+  if not config.domains:
+    raise ValueError('config.domains is empty: name at least one label domain')
+  domains = domains_lib.get_domains(list(config.domains))
+  if config.parsing not in ('universal', 'dedicated'):
+    raise ValueError("config.parsing must be 'universal' or 'dedicated', got "
+                     f'{config.parsing!r}')
+  if config.parsing == 'dedicated' and config.target not in config.domains:
+    raise ValueError(f'dedicated parsing: config.target={config.target!r} '
+                     f'is not one of config.domains {list(config.domains)}')
+  if config.mode not in ('train', 'eval'):
+    raise ValueError(f"config.mode must be 'train' or 'eval', got "
+                     f'{config.mode!r}')
+  data = config.data
+  if data.crop_size <= 0 or data.crop_width < 0:
+    raise ValueError('config.data.crop_size must be > 0 and '
+                     'config.data.crop_width >= 0 (0: square), got '
+                     f'{data.crop_size} and {data.crop_width}')
+  final_size, final_steps = data.final_crop_size, data.final_crop_steps
+  if final_size < 0 or (final_size and not 0 < final_steps <=
+                        config.total_steps):
+    raise ValueError(
+        'config.data.final_crop_size must be >= 0 and, when set, '
+        'config.data.final_crop_steps in [1, total_steps='
+        f'{config.total_steps}]; got {final_size} and {final_steps}')
+  aux = config.sst.dedicated_aux_batch
+  if config.sst.enabled and config.parsing == 'dedicated':
+    if not config.init_from:
+      raise ValueError(
+          "config.parsing='dedicated' starts from a trained source model: "
+          'set config.init_from to its workdir')
+    if bool(config.sst.mst) != bool(aux):
+      raise ValueError(
+          'dedicated parsing: the frozen source reads '
+          'config.sst.dedicated_aux_batch rows of source images for MST; '
+          'set both (sst.mst=True and dedicated_aux_batch > 0) or neither, '
+          f'got sst.mst={config.sst.mst} and dedicated_aux_batch={aux}')
+  if (config.sst.enabled
+      and config.sst.fixed_batch and config.parsing == 'universal'
+      and config.batch_size < len(config.domains)):
+    raise ValueError(
+        f'config.sst.fixed_batch: batch_size={config.batch_size} cannot hold '
+        f'an image of each of the {len(config.domains)} domains')
+  if not isinstance(aux, int) or aux < 0:
+    raise ValueError('config.sst.dedicated_aux_batch must be an integer >= 0, '
+                     f'got {aux!r}')
+  if aux and config.parsing == 'dedicated' and len(config.domains) < 2:
+    raise ValueError('config.sst.dedicated_aux_batch needs at least one '
+                     'domain besides the target in config.domains')
+  return domains
+
+
+def dedicated_aux_batch(config) -> int:
+  """Other-domain rows added to each dedicated batch (0: none added)."""
+  if config.parsing != 'dedicated':
+    return 0
+  return int(config.sst.dedicated_aux_batch)
+
+
+def dedicated_source(config) -> bool:
+  """Whether training keeps a frozen source (dedicated parsing as drawn).
+
+  The frozen copy of the ``config.init_from`` model lives in
+  ``model_state['frozen']`` (saved with every checkpoint, so a resumed run
+  needs nothing else) and reads the source rows of every batch for MST.
+  """
+  return (config.parsing == 'dedicated' and config.sst.enabled
+          and bool(config.sst.mst)
+          and dedicated_aux_batch(config) > 0)
+
+
+def global_batch_size(config) -> int:
+  """Rows of every training batch: ``batch_size`` plus dedicated aux rows."""
+  return config.batch_size + dedicated_aux_batch(config)
+
+
+def batch_groups(config, mix):
+  """Fixed batch composition for ``pipeline.train_dataset`` (None: mixed).
+
+  Dedicated training with ``sst.dedicated_aux_batch = A > 0``: every batch
+  holds ``batch_size`` target samples and ``A`` samples of the other
+  domains, mixed with ``mix``; so the target sees as many images per step
+  as a single-domain run with the same ``batch_size``.
+  """
+  aux = dedicated_aux_batch(config)
+  if aux:
+    others = {n: w for n, w in mix.items() if n != config.target}
+    if dedicated_source(config):
+      # Every source domain in every step, in equal shares.
+      used = [n for n in config.domains
+              if n != config.target and float(others.get(n, 1.0)) > 0]
+      rows, extra = divmod(aux, len(used))
+      return [({config.target: 1.0}, config.batch_size)] + [
+          ({n: 1.0}, rows + (i < extra)) for i, n in enumerate(used)
+          if rows + (i < extra)]
+    return [({config.target: 1.0}, config.batch_size), (others, aux)]
+  if config.sst.enabled and config.sst.fixed_batch:
+    # SST as drawn: every step holds every domain in use (its node sets and
+    # every domain pair exist in each step), in equal shares.
+    used = [n for n in config.domains if float(mix.get(n, 1.0)) > 0]
+    rows, extra = divmod(config.batch_size, len(used))
+    return [({n: 1.0}, rows + (i < extra)) for i, n in enumerate(used)]
+  return None
+
+
+def final_crop_start(config) -> int:
+  """Step after which training reads ``data.final_crop_size`` crops."""
+  if not config.data.final_crop_size:
+    return config.total_steps + 1
+  return config.total_steps - config.data.final_crop_steps

@@ -12,13 +12,16 @@ reads the latest checkpoint of a training workdir and writes ``<dir>`` with
   parameter (``params['sst']``) and the SST prototype memory
   (``model_state['sst_memory']``) are dropped, as are the optimizer state
   and, when heads are selected, the other domains' ``head_<name>`` convs.
-  In dedicated mode (``mode_sst='dedicated'``) only the target head is kept
-  unless ``--domains`` says otherwise.
+  In dedicated parsing (``config.parsing='dedicated'``) only the target head
+  is kept unless ``--domains`` says otherwise.
 * ``export.json``: its format number (``format_version``, checked when
   loading), the sst_jax version, the kept label domains (name, classes,
   flip pairs, ignore id), the model config, compute dtype, preprocessing
   (RGB, ImageNet mean/std, input size, padding), the forward function's
-  signature and the source checkpoint (workdir, step, checkpoint format).
+  signature, the source checkpoint (workdir, step, checkpoint format) and
+  the training config as the checkpoint recorded it (``config``: its
+  ``data`` section is what ``python -m sst_jax.evaluate`` scores the export
+  on, as it does the workdir).
 * ``forward.jax_export``: ``jax.export`` serialization (StableHLO) of
   ``image -> {domain: logits}`` with the parameters embedded as constants.
   ``image`` is a float32 ``[b, S, S, 3]`` batch normalized as ``export.json``
@@ -40,17 +43,23 @@ reads the latest checkpoint of a training workdir and writes ``<dir>`` with
 
 The spatial size is fixed at export time because the network's bilinear
 resizes and pyramid pooling are built from static interpolation matrices.
+
+Workdirs and export directories are ``etils.epath`` paths: local, or
+``gs://`` with the ``[gcs]`` extra.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import io
 import json
 import os
 import sys
+import tempfile
 from typing import Sequence
 
+from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -59,6 +68,7 @@ from flax import traverse_util
 
 import sst_jax
 from sst_jax import checkpointing
+from sst_jax import config_lib
 from sst_jax import domains as domains_lib
 from sst_jax import steps
 from sst_jax.data import transforms
@@ -77,20 +87,30 @@ class ExportFormatError(ValueError):
   """An export directory was written in a format this version cannot read."""
 
 
-def load_checkpoint(workdir: str) -> tuple[dict, dict, dict, int]:
-  """Reads the latest checkpoint of a training workdir onto the host.
+def load_checkpoint(workdir: str | os.PathLike, step: int | None = None
+                    ) -> tuple[dict, dict, dict, int]:
+  """Reads the latest checkpoint (or ``step``'s) of a workdir onto the host.
 
   Returns:
     ``(metadata, params, model_state, step)`` with numpy leaves.
 
   Raises:
-    FileNotFoundError: if the workdir holds no checkpoint.
+    FileNotFoundError: if the workdir holds no checkpoint (at ``step``).
   """
-  manager, step, meta = checkpointing.open_latest(workdir)
-  raw = checkpointing.restore_state(manager, step)
+  manager, step, meta = checkpointing.open_latest(workdir, step=step)
+  raw = checkpointing.restore(manager, step)['state']
   manager.close()
   params, model_state = raw['params'], raw['model_state']
   return meta, params, model_state, step
+
+
+def parsing_of(metadata: dict) -> str | None:
+  """A checkpoint's or export's ``config.parsing`` (universal, dedicated).
+
+  Recorded as ``'parsing'``; checkpoints and exports written before the
+  field had that name record it as ``'mode_sst'``.
+  """
+  return metadata.get('parsing', metadata.get('mode_sst'))
 
 
 def select_heads(metadata: dict, heads: Sequence[str] | None = None
@@ -102,7 +122,7 @@ def select_heads(metadata: dict, heads: Sequence[str] | None = None
   """
   names = [d['name'] for d in metadata['domains']]
   if not heads:
-    if metadata.get('mode_sst') == 'dedicated' and metadata.get('target'):
+    if parsing_of(metadata) == 'dedicated' and metadata.get('target'):
       return [metadata['target']]
     return names
   unknown = [h for h in heads if h not in names]
@@ -119,19 +139,25 @@ def inference_variables(params: dict, model_state: dict,
 
 
 def keep_heads(variables: dict, heads: Sequence[str]) -> dict:
-  """Parser variables without the ``head_<name>`` of other domains."""
+  """Network variables without the ``head_<name>`` of other domains."""
   keep = {f'head_{h}' for h in heads}
   return {col: {k: v for k, v in tree.items()
                 if not k.startswith('head_') or k in keep}
           for col, tree in variables.items()}
 
 
-def build_parser(metadata: dict, heads: Sequence[str]) -> parser_lib.Parser:
-  """The plain Parser a checkpoint/export describes, with ``heads`` only."""
+def build_parser(metadata: dict,
+                 heads: Sequence[str]) -> parser_lib.ParsingNetwork:
+  """The plain network a checkpoint/export describes, with ``heads`` only.
+
+  The recorded model config over the base config's: a field added since
+  the model was saved has its default there.
+  """
   by_name = {d['name']: d for d in metadata['domains']}
   dtype = jnp.bfloat16 if metadata.get('dtype') == 'bfloat16' else jnp.float32
+  model = {**config_lib.base_config().model.to_dict(), **metadata['model']}
   return parser_lib.make_parser(
-      ml_collections.ConfigDict(metadata['model']), list(heads),
+      ml_collections.ConfigDict(model), list(heads),
       [len(by_name[h]['classes']) for h in heads], dtype)
 
 
@@ -165,7 +191,7 @@ def describe(metadata: dict, heads: Sequence[str], source: dict) -> dict:
       'domains': [by_name[h] for h in heads],
       'model': metadata['model'],
       'dtype': metadata.get('dtype', 'float32'),
-      'mode_sst': metadata.get('mode_sst'),
+      'parsing': parsing_of(metadata),
       'target': metadata.get('target'),
       'preprocessing': {
           'channel_order': 'RGB',
@@ -178,6 +204,7 @@ def describe(metadata: dict, heads: Sequence[str], source: dict) -> dict:
                  'normalization)',
       },
       'source': source,
+      'config': metadata.get('config'),
   }
 
 
@@ -200,9 +227,10 @@ def serialize_forward(module, variables, heads: Sequence[str],
   return exported.serialize()
 
 
-def _write_npz(path: str, variables: dict) -> None:
+def _write_npz(path: epath.Path, variables: dict) -> None:
   flat = traverse_util.flatten_dict(variables, sep='/')
-  np.savez(path, **{k: np.asarray(v) for k, v in flat.items()})
+  with path.open('wb') as f:
+    np.savez(f, **{k: np.asarray(v) for k, v in flat.items()})
 
 
 def export(workdir: str, output: str, heads: Sequence[str] | None = None,
@@ -241,7 +269,7 @@ def export(workdir: str, output: str, heads: Sequence[str] | None = None,
   module = build_parser(meta, heads)
   input_size = input_size_of(meta)
   info = describe(meta, heads, {
-      'workdir': os.path.abspath(workdir), 'step': step,
+      'workdir': os.fspath(checkpointing.workdir_path(workdir)), 'step': step,
       'checkpoint_format': meta.get('format', 1)})
   forward = {
       'file': (ONNX_FILE if onnx else FORWARD_FILE) if serialize else None,
@@ -254,39 +282,43 @@ def export(workdir: str, output: str, heads: Sequence[str] | None = None,
   if onnx:
     forward.update(input_name='image', output_names=list(heads))
   info = {**info, 'forward': forward}
-  os.makedirs(output, exist_ok=True)
-  _write_npz(os.path.join(output, PARAMS_FILE), variables)
+  output = epath.Path(output)
+  output.mkdir(parents=True, exist_ok=True)
+  _write_npz(output / PARAMS_FILE, variables)
   if serialize and onnx:
-    onnx_export.convert(
-        forward_fn(module, jax.tree.map(jnp.asarray, variables), heads),
-        heads, input_size, batch, os.path.join(output, ONNX_FILE))
+    # ONNX writes local files (a large model's weights go to a second one):
+    # converted in a local folder, then copied to the (maybe remote) output.
+    with tempfile.TemporaryDirectory() as local:
+      onnx_export.convert(
+          forward_fn(module, jax.tree.map(jnp.asarray, variables), heads),
+          heads, input_size, batch, os.path.join(local, ONNX_FILE))
+      for name in sorted(os.listdir(local)):
+        (output / name).write_bytes(epath.Path(local, name).read_bytes())
   elif serialize:
-    data = serialize_forward(module, variables, heads, input_size, batch)
-    with open(os.path.join(output, FORWARD_FILE), 'wb') as f:
-      f.write(data)
-  with open(os.path.join(output, META_FILE), 'w') as f:
-    json.dump(info, f, indent=1)
+    (output / FORWARD_FILE).write_bytes(
+        serialize_forward(module, variables, heads, input_size, batch))
+  (output / META_FILE).write_text(json.dumps(info, indent=1))
   return info
 
 
-def load_exported(path: str) -> tuple[parser_lib.Parser, dict, dict]:
+def load_exported(
+    path: str) -> tuple[parser_lib.ParsingNetwork, dict, dict]:
   """Loads an export directory.
 
   Returns:
-    ``(module, variables, info)``: the plain ``Parser`` (kept heads only),
-    ``{'params', 'batch_stats'}`` as numpy arrays and the ``export.json``
-    content. Run with ``module.apply(variables, image)``.
+    ``(module, variables, info)``: the plain ``ParsingNetwork`` (kept
+    heads only), its ``{'params', 'batch_stats'}`` as numpy arrays and the
+    ``export.json`` content. Run with ``module.apply(variables, image)``.
 
   Raises:
     FileNotFoundError: if ``path`` is not an export directory.
     ExportFormatError: if it was written in another format.
   """
-  meta_path = os.path.join(path, META_FILE)
-  if not os.path.isfile(meta_path):
-    raise FileNotFoundError(f'{path} is not an sst_jax export (no '
+  meta_path = epath.Path(path) / META_FILE
+  if not meta_path.is_file():
+    raise FileNotFoundError(f'{os.fspath(path)} is not an sst_jax export (no '
                             f'{META_FILE})')
-  with open(meta_path) as f:
-    info = json.load(f)
+  info = json.loads(meta_path.read_text())
   found = info.get('format_version')
   if found != FORMAT_VERSION:
     raise ExportFormatError(
@@ -295,7 +327,8 @@ def load_exported(path: str) -> tuple[parser_lib.Parser, dict, dict]:
         f'{sst_jax.__version__} reads export format {FORMAT_VERSION} only; '
         're-export the workdir with this version or load it with the one '
         'that wrote it')
-  with np.load(os.path.join(path, PARAMS_FILE), allow_pickle=False) as f:
+  params_bytes = (epath.Path(path) / PARAMS_FILE).read_bytes()
+  with np.load(io.BytesIO(params_bytes), allow_pickle=False) as f:
     variables = traverse_util.unflatten_dict(
         {k: f[k] for k in f.files}, sep='/')
   module = build_parser(info, [d['name'] for d in info['domains']])
@@ -303,7 +336,7 @@ def load_exported(path: str) -> tuple[parser_lib.Parser, dict, dict]:
 
 
 def load_model(path: str, heads: Sequence[str] | None = None
-               ) -> tuple[parser_lib.Parser, dict, dict]:
+               ) -> tuple[parser_lib.ParsingNetwork, dict, dict]:
   """The inference parser of a training workdir or an export directory.
 
   What another Flax project needs to run or fine-tune a trained parser
@@ -314,8 +347,8 @@ def load_model(path: str, heads: Sequence[str] | None = None
     heads: the domains whose heads to keep (default: every head there is).
 
   Returns:
-    ``(module, variables, info)``: the plain :class:`Parser` with those
-    heads, its ``{'params', 'batch_stats'}`` as numpy arrays (no SST
+    ``(module, variables, info)``: the plain :class:`ParsingNetwork` with
+    those heads, its ``{'params', 'batch_stats'}`` as numpy arrays (no SST
     parameter or state) and the ``export.json`` description (for a workdir,
     what ``export`` would write there, less ``forward``).
 
@@ -323,7 +356,7 @@ def load_model(path: str, heads: Sequence[str] | None = None
     FileNotFoundError: if ``path`` is neither.
     ValueError: naming the model's domains when a head is unknown.
   """
-  if os.path.isfile(os.path.join(path, META_FILE)):
+  if (epath.Path(path) / META_FILE).is_file():
     module, variables, info = load_exported(path)
     if heads:
       select_heads(info, heads)
@@ -332,14 +365,15 @@ def load_model(path: str, heads: Sequence[str] | None = None
       by_name = {d['name']: d for d in info['domains']}
       info = {**info, 'domains': [by_name[h] for h in heads]}
     return module, variables, info
-  if not os.path.isdir(os.path.join(path, 'checkpoints')):
+  if not (epath.Path(path) / 'checkpoints').is_dir():
     raise FileNotFoundError(
-        f'{path}: not a training workdir (no checkpoints/) or an export '
-        f'directory (no {META_FILE})')
+        f'{os.fspath(path)}: not a training workdir (no checkpoints/) or an '
+        f'export directory (no {META_FILE})')
   meta, params, model_state, step = load_checkpoint(path)
   heads = (select_heads(meta, heads) if heads else
            [d['name'] for d in meta['domains']])
-  info = describe(meta, heads, {'workdir': os.path.abspath(path),
+  info = describe(meta, heads, {'workdir': os.fspath(
+                                    checkpointing.workdir_path(path)),
                                 'step': step,
                                 'checkpoint_format': meta.get('format', 1)})
   return (build_parser(meta, heads),
@@ -352,10 +386,10 @@ def load_serialized(path: str):
   Returns:
     a callable ``image [b, S, S, 3] float32 -> {domain: logits}``.
   """
-  if os.path.isdir(path):
-    path = os.path.join(path, FORWARD_FILE)
-  with open(path, 'rb') as f:
-    exported = jax.export.deserialize(bytearray(f.read()))
+  path = epath.Path(path)
+  if path.is_dir():
+    path = path / FORWARD_FILE
+  exported = jax.export.deserialize(bytearray(path.read_bytes()))
   return exported.call
 
 

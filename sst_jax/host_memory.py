@@ -12,16 +12,26 @@ faults of 2 MB pages.
 
 Tunables are read when the process starts, so the training entry point
 (``python -m sst_jax.main``) re-executes itself once with the tunable added
-(:func:`reexec_with_huge_pages`). Importing the library changes nothing.
+(:func:`reexec_with_huge_pages`). Only runs on the CPU alone do: on a GPU or
+TPU the per-step buffers are device memory, and a restart would only get in
+the way of launchers. ``SST_JAX_NO_HUGEPAGES=1`` turns the restart off.
+Importing the library changes nothing.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import sys
 
 TUNABLE = 'glibc.malloc.hugetlb'
+# Set (to anything but '' or '0'), no restart.
+DISABLE = 'SST_JAX_NO_HUGEPAGES'
 _THP_SETTING = '/sys/kernel/mm/transparent_hugepage/enabled'
+# Device files of accelerators JAX runs on: NVIDIA GPUs, AMD GPUs (ROCm),
+# Cloud TPUs (accel for v2-v4, vfio for later generations).
+_ACCELERATOR_DEVICES = ('/dev/nvidia[0-9]*', '/dev/kfd', '/dev/accel[0-9]*',
+                        '/dev/vfio/[0-9]*')
 
 
 def transparent_huge_pages() -> str | None:
@@ -35,15 +45,38 @@ def transparent_huge_pages() -> str | None:
   return text[start + 1:end] if 0 <= start < end else None
 
 
+def accelerator_devices() -> list[str]:
+  """The GPU and TPU device files of this host (empty on a CPU-only host)."""
+  return sorted(p for pattern in _ACCELERATOR_DEVICES
+                for p in glob.glob(pattern))
+
+
+def cpu_only_run(environ) -> bool:
+  """Whether JAX will run on the CPU alone, decided before it starts.
+
+  ``JAX_PLATFORMS`` decides when it is set (``cpu`` and nothing else);
+  otherwise JAX takes a GPU or TPU when the host has one
+  (:func:`accelerator_devices`).
+  """
+  platforms = {p.strip() for p in environ.get('JAX_PLATFORMS', '').split(',')
+               if p.strip()}
+  if platforms:
+    return platforms == {'cpu'}
+  return not accelerator_devices()
+
+
 def environment_with_huge_pages(environ) -> dict | None:
   """``environ`` with ``GLIBC_TUNABLES`` asking for huge pages, or None.
 
-  None when nothing is to change: not Linux, the kernel has transparent huge
-  pages off, or ``GLIBC_TUNABLES`` already sets ``glibc.malloc.hugetlb`` (to
-  any value: ``GLIBC_TUNABLES=glibc.malloc.hugetlb=0`` keeps glibc's
-  default).
+  None when nothing is to change: ``SST_JAX_NO_HUGEPAGES`` is set (to
+  anything but ``''`` or ``'0'``), JAX will not run on the CPU alone
+  (:func:`cpu_only_run`), not Linux, the kernel has transparent huge pages
+  off, or ``GLIBC_TUNABLES`` already sets ``glibc.malloc.hugetlb`` (to any
+  value: ``GLIBC_TUNABLES=glibc.malloc.hugetlb=0`` keeps glibc's default).
   """
-  if not sys.platform.startswith('linux'):
+  if environ.get(DISABLE, '') not in ('', '0'):
+    return None
+  if not sys.platform.startswith('linux') or not cpu_only_run(environ):
     return None
   if transparent_huge_pages() not in ('always', 'madvise'):
     return None
@@ -60,7 +93,8 @@ def reexec_with_huge_pages() -> None:
 
   Called first thing by ``python -m sst_jax.main``; returns without doing
   anything when the environment needs no change (including after the
-  re-execution). glibc versions without the tunable ignore it.
+  re-execution, on GPU and TPU runs, and with ``SST_JAX_NO_HUGEPAGES=1``).
+  glibc versions without the tunable ignore it.
   """
   env = environment_with_huge_pages(os.environ)
   if env is None:

@@ -4,7 +4,8 @@ import os
 
 if __name__ == '__main__':
   # First, before the imports below: restart with glibc's huge-page tunable
-  # (a no-op if set already; see sst_jax/host_memory.py).
+  # on CPU-only runs (a no-op if set already, on GPU and TPU hosts and with
+  # SST_JAX_NO_HUGEPAGES=1; see sst_jax/host_memory.py).
   from sst_jax import host_memory  # pylint: disable=g-import-not-at-top
   host_memory.reexec_with_huge_pages()
 

@@ -40,8 +40,11 @@ def scores(confusion: np.ndarray, class_names=None) -> dict:
     ``miou_all`` (mean over all classes; a class with no ground truth and no
     prediction scores 0), ``pixel_acc``, ``mean_acc`` (over present classes),
     ``mean_acc_all`` (over all classes, absent ones scoring 0), ``iou`` (per
-    class, NaN where a class has neither ground truth nor prediction) and
-    ``iou_by_class`` when ``class_names`` is given. ``miou_all``,
+    class, NaN where a class has neither ground truth nor prediction),
+    ``acc`` (per class: the fraction of its ground-truth pixels predicted as
+    it, NaN where it has no ground truth) and ``iou_by_class`` and
+    ``acc_by_class`` (None for NaN) when ``class_names`` is given.
+    ``miou_all``,
     ``pixel_acc`` and ``mean_acc_all`` are SCHP's "Mean IU", "Pixel
     accuracy" and "Mean accuracy" (its ``utils/miou.py``).
   """
@@ -63,8 +66,11 @@ def scores(confusion: np.ndarray, class_names=None) -> dict:
                   else float('nan'),
       'mean_acc_all': float(np.mean(np.nan_to_num(acc))),
       'iou': iou,
+      'acc': acc,
   }
   if class_names is not None:
     out['iou_by_class'] = {n: (None if np.isnan(v) else float(v))
                            for n, v in zip(class_names, iou)}
+    out['acc_by_class'] = {n: (None if np.isnan(v) else float(v))
+                           for n, v in zip(class_names, acc)}
   return out

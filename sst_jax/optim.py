@@ -15,18 +15,18 @@ def learning_rate_schedule(cfg, total_steps: int) -> optax.Schedule:
   cosine decay to 0 (e.g. a final phase on larger crops, see
   ``config.data.final_crop_steps``).
   """
-  restart = int(cfg.get('restart_steps', 0))
+  restart = int(cfg.restart_steps)
   if not 0 <= restart < total_steps:
     raise ValueError(f'optim.restart_steps must be in [0, total_steps='
                      f'{total_steps}), got {restart}')
   main = _base_schedule(cfg, total_steps - restart)
   if not restart:
     return main
-  warmup = int(cfg.get('restart_warmup_steps', 0))
-  if not 0 <= warmup < restart or cfg.get('restart_lr', 0.0) <= 0:
+  warmup = int(cfg.restart_warmup_steps)
+  if not 0 <= warmup < restart or cfg.restart_lr <= 0:
     raise ValueError(
         'optim.restart_lr must be > 0 and optim.restart_warmup_steps in '
-        f'[0, restart_steps={restart}); got {cfg.get("restart_lr", 0.0)} and '
+        f'[0, restart_steps={restart}); got {cfg.restart_lr} and '
         f'{warmup}')
   decay = optax.cosine_decay_schedule(cfg.restart_lr, restart - warmup)
   if warmup:

@@ -194,24 +194,6 @@ def contact_sheet(rows: list, domain_names: Sequence[str],
                               col_titles=['input'] + list(domain_names))
 
 
-class _Progress:
-  """``parsed 12/40  3.4 img/s  ETA 00:08`` on stderr."""
-
-  def __init__(self, total: int):
-    self.total, self.start = total, time.perf_counter()
-    self.tty = sys.stderr.isatty()
-
-  def update(self, done: int):
-    elapsed = max(time.perf_counter() - self.start, 1e-9)
-    rate = done / elapsed
-    eta = (self.total - done) / rate if rate > 0 else 0.0
-    line = (f'parsed {done}/{self.total}  {rate:.1f} img/s  '
-            f'ETA {writers.format_duration(eta)}')
-    end = '' if self.tty and done < self.total else '\n'
-    print(('\r' if self.tty else '') + line, end=end, file=sys.stderr,
-          flush=True)
-
-
 def predict_files(parser: api.Parser, paths: Sequence[str], output: str,
                   domains: Sequence[str], *, flip: bool = False,
                   scales: Sequence[float] = (1.0,), batch_size: int = 8,
@@ -236,7 +218,8 @@ def predict_files(parser: api.Parser, paths: Sequence[str], output: str,
   check_layout(layout, domains, save_probs)
   os.makedirs(output, exist_ok=True)
   stems = output_stems(paths)
-  progress = _Progress(len(paths))
+  progress = writers.Progress(len(paths))
+  tty = sys.stderr.isatty()  # a terminal: one line, rewritten
   failures, done, sheet = [], 0, []
   for start in range(0, len(paths), batch_size):
     images, names = [], []
@@ -247,7 +230,7 @@ def predict_files(parser: api.Parser, paths: Sequence[str], output: str,
         names.append(stem)
       except api.ImageReadError as e:
         failures.append(str(e))
-        print(f'\nerror: {e}' if progress.tty else f'error: {e}',
+        print(f'\nerror: {e}' if tty else f'error: {e}',
               file=sys.stderr, flush=True)
     if images:
       scores = parser.predict_batch(images, domains, flip=flip, scales=scales,
@@ -264,7 +247,9 @@ def predict_files(parser: api.Parser, paths: Sequence[str], output: str,
         if contact_sheet_path:
           sheet.append((image, labels))
     done = min(start + batch_size, len(paths))
-    progress.update(done)
+    line = progress.count_line('parsed', done, progress.update(done))
+    print(('\r' if tty else '') + line, file=sys.stderr, flush=True,
+          end='' if tty and done < len(paths) else '\n')
   if contact_sheet_path and sheet:
     visualize.save_png(contact_sheet_path,
                        contact_sheet(sheet, domains, parser.label_domains))

@@ -75,32 +75,26 @@ def normalize_images(image, image_hw=None):
   return x
 
 
-def sst_rampup(step, rampup_steps: int):
-  """Factor in [0, 1] on the terms that learn from SST's own predictions.
-
-  A sigmoid-shaped ramp ``exp(-5 (1 - t)^2)``, ``t = step / rampup_steps``,
-  as in mean-teacher style consistency training: early predictions are noise
-  and distilling or transferring them slows the parser down.
-  """
-  if step is None or not rampup_steps:
-    return 1.0
-  t = jnp.clip(jnp.asarray(step, jnp.float32) / rampup_steps, 0.0, 1.0)
-  return jnp.exp(-5.0 * (1.0 - t) ** 2)
-
-
 def compute_losses(params, model_state, batch, rng, *, model, sst_model,
-                   domain_names: Sequence[str], cfg, train: bool = True,
-                   step=None):
+                   domain_names: Sequence[str], cfg, train: bool = True):
   """All training losses for one global batch.
-
-  ``step`` (the optimizer step, traced) drives ``cfg.sst.rampup_steps``;
-  None means fully ramped up.
 
   Returns:
     ``(loss, (metrics, new_model_state))``.
   """
   image, label, domain = batch['image'], batch['label'], batch['domain']
   image = normalize_images(image)  # uint8 pixels from the input pipeline
+  frozen = model_state.get('frozen')
+  source = None
+  if frozen is not None:
+    # Dedicated parsing: the first cfg.batch_size rows are the target's, the
+    # rest the source domains'. The frozen source (network, MSA, MSE) reads
+    # the source rows; the target network only its own.
+    n = cfg.batch_size
+    source = frozen_source_sets(jax.lax.stop_gradient(frozen),
+                                image[n:], label[n:], domain[n:],
+                                model=model, sst_model=sst_model)
+    image, label, domain = image[:n], label[:n], domain[:n]
   (logits, aux), updates = model.apply(
       parser_variables(params, model_state), image, train=train,
       mutable=['batch_stats'])
@@ -127,16 +121,30 @@ def compute_losses(params, model_state, batch, rng, *, model, sst_model,
     loss += cfg.loss.edge_weight * edge
     metrics['edge'] = edge
   if sst_model is not None:
-    ramp = sst_rampup(step, cfg.sst.rampup_steps)
     (sst_loss, sst_metrics), sst_updates = sst_model.apply(
         {'params': params['sst'], 'sst_memory': model_state['sst_memory']},
-        logits, aux, label, domain, train=train, ramp=ramp,
-        rngs={'dropout': rng}, mutable=['sst_memory'])
+        aux, label, domain, train=train, mutable=['sst_memory'],
+        **({} if source is None else {'source': source}))
     loss += sst_loss
     metrics.update(sst_metrics)
     new_state['sst_memory'] = sst_updates['sst_memory']
   metrics['loss'] = loss
   return loss, (metrics, new_state)
+
+
+def frozen_source_sets(frozen, image, label, domain, *, model, sst_model):
+  """The frozen source's MSA and MSE node sets on the batch's source rows.
+
+  ``frozen`` is ``model_state['frozen']``: the source's
+  ``{'params': {'parser', 'sst'}, 'model_state': {'batch_stats',
+  'sst_memory'}}``, fixed for the whole of dedicated training (inference
+  mode: running BatchNorm statistics, no adjacency update).
+  """
+  params, state = frozen['params'], frozen['model_state']
+  _, aux = model.apply(parser_variables(params, state), image, train=False)
+  return sst_model.apply(
+      {'params': params['sst'], 'sst_memory': state['sst_memory']}, aux,
+      label, domain, train=False, method=type(sst_model).node_sets)
 
 
 def train_step(state: TrainState, batch: dict, rng, *, model, sst_model,
@@ -152,8 +160,7 @@ def train_step(state: TrainState, batch: dict, rng, *, model, sst_model,
   grad_fn = jax.value_and_grad(compute_losses, has_aux=True)
   (loss, (metrics, model_state)), grads = grad_fn(
       state.params, state.model_state, batch, rng, model=model,
-      sst_model=sst_model, domain_names=domain_names, cfg=cfg,
-      step=state.step)
+      sst_model=sst_model, domain_names=domain_names, cfg=cfg)
   finite = jnp.isfinite(loss)
 
   def update(params, opt_state, model_state):
@@ -169,7 +176,7 @@ def train_step(state: TrainState, batch: dict, rng, *, model, sst_model,
   new_state = TrainState(step=state.step + 1, params=params,
                          model_state=model_state, opt_state=opt_state)
   metrics['nonfinite'] = (~finite).astype(jnp.float32)
-  metrics['grad_norm'] = optax.global_norm(grads)
+  metrics['grad_norm'] = optax.tree.norm(grads)
   if lr_fn is not None:
     metrics['lr'] = lr_fn(state.step)
   return new_state, metrics

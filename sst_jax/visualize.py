@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
+from etils import epath
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -196,14 +197,19 @@ def image_grid(rows: list[list[np.ndarray]], pad: int = 2,
 
 
 def save_png(path: str | os.PathLike, array: np.ndarray) -> None:
-  """Writes an ``[H, W]`` or ``[H, W, 3]`` array as a PNG (parents created)."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  """Writes an ``[H, W]`` or ``[H, W, 3]`` array as a PNG (parents created).
+
+  ``path`` is local or a ``gs://`` URL (``etils.epath``).
+  """
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
   array = np.asarray(array)
   if array.ndim == 2:
     image = Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))
   else:
     image = Image.fromarray(_to_rgb(array))
-  image.save(path, format='PNG')
+  with path.open('wb') as f:
+    image.save(f, format='PNG')
 
 
 def save_index_png(path: str | os.PathLike, label: np.ndarray,

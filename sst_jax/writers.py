@@ -1,7 +1,11 @@
 """Metric writers: ``metrics.jsonl`` + TensorBoard events, and progress lines.
 
 Only process 0 writes. TensorBoard event files are written with tensorboardX
-(protobuf only), so TensorFlow is not needed.
+(protobuf only), so TensorFlow is not needed. The workdir is an
+``etils.epath`` path: local, or ``gs://`` with the ``[gcs]`` extra, where an
+object cannot be appended to: there ``metrics.jsonl`` is kept in memory and
+the object rewritten at every ``flush`` (tensorboardX uploads its event
+files the same way).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import os
 import sys
 import time
 
+from etils import epath
 import jax
 import numpy as np
 
@@ -25,18 +30,29 @@ def _plain(value):
 
 
 class MetricWriter:
-  """Scalars to ``<workdir>/metrics.jsonl`` and TensorBoard; no-op off proc 0."""
+  """Scalars to ``<workdir>/metrics.jsonl`` and TensorBoard; no-op off proc 0.
 
-  def __init__(self, workdir: str, enabled: bool | None = None):
+  ``flush`` makes everything written so far visible in the workdir (training
+  calls it at every log step); ``close`` flushes and releases the files.
+  """
+
+  def __init__(self, workdir: str | os.PathLike, enabled: bool | None = None):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
-    self._tb = None
+    self._tb = self._jsonl = self._lines = None
     if not self.enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+    workdir = epath.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    self._path = workdir / 'metrics.jsonl'
+    if '://' in os.fspath(workdir):
+      # Object storage: the whole object is rewritten at each flush.
+      self._lines = (self._path.read_text().splitlines(keepends=True)
+                     if self._path.exists() else [])
+    else:
+      self._jsonl = self._path.open('a')
     try:
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+      self._tb = SummaryWriter(os.fspath(workdir / 'tensorboard'))
     except ImportError:  # Events are optional; metrics.jsonl is always there.
       self._tb = None
 
@@ -50,8 +66,11 @@ class MetricWriter:
       return
     record = {'step': int(step), 'kind': kind, 'time': time.time()}
     record.update(jax.tree.map(_plain, values))
-    self._jsonl.write(json.dumps(record) + '\n')
-    self._jsonl.flush()
+    if self._jsonl is not None:
+      self._jsonl.write(json.dumps(record) + '\n')
+      self._jsonl.flush()
+    else:
+      self._lines.append(json.dumps(record) + '\n')
     if self._tb is not None:
       for key, v in _flatten(values, kind):
         self._tb.add_scalar(key, v, int(step))
@@ -61,14 +80,25 @@ class MetricWriter:
       self._tb.add_image(tag, image, int(step), dataformats='HWC')
 
   def flush(self):
+    if not self.enabled:
+      return
+    if self._jsonl is not None:
+      self._jsonl.flush()
+    elif self._lines is not None:
+      self._path.write_text(''.join(self._lines))
     if self._tb is not None:
       self._tb.flush()
 
   def close(self):
-    if self.enabled:
+    """Flushes and closes the files; later calls do nothing."""
+    if not self.enabled:
+      return
+    self.flush()
+    if self._jsonl is not None:
       self._jsonl.close()
-      if self._tb is not None:
-        self._tb.close()
+    if self._tb is not None:
+      self._tb.close()
+    self.enabled = False
 
 
 def _flatten(values: dict, prefix: str):
@@ -89,9 +119,15 @@ def format_duration(seconds: float) -> str:
 
 
 class Progress:
-  """Rate and ETA over the steps since the last report."""
+  """Rate and ETA of a job of ``total_steps`` steps (training steps, images).
 
-  def __init__(self, total_steps: int, start_step: int, batch_size: int):
+  ``update(step)`` measures the rate over the steps done since the previous
+  update (the first time: since ``start_step`` and the construction); each
+  step is ``batch_size`` images.
+  """
+
+  def __init__(self, total_steps: int, start_step: int = 0,
+               batch_size: int = 1):
     self.total, self.batch = total_steps, batch_size
     self.last_step, self.last_time = start_step, time.perf_counter()
 
@@ -105,10 +141,16 @@ class Progress:
             'eta_sec': (self.total - step) / rate}
 
   def line(self, step: int, loss: float, info: dict) -> str:
+    """``step 12/40 (30%)  loss 0.4321  3.4 img/s  0.85 steps/s  ETA 00:33``."""
     return (f'step {step}/{self.total} ({100 * step / self.total:.0f}%)  '
             f'loss {loss:.4f}  {info["images_per_sec"]:.1f} img/s  '
             f'{info["steps_per_sec"]:.2f} steps/s  '
             f'ETA {format_duration(info["eta_sec"])}')
+
+  def count_line(self, verb: str, done: int, info: dict) -> str:
+    """``parsed 12/40  3.4 img/s  ETA 00:08`` (``verb``: what was done)."""
+    return (f'{verb} {done}/{self.total}  {info["images_per_sec"]:.1f} img/s'
+            f'  ETA {format_duration(info["eta_sec"])}')
 
 
 def echo(line: str) -> None:

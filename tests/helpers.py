@@ -28,7 +28,7 @@ def write_workdir(workdir, variant=None, seed: int = 0, step: int = 3,
   """A tiny-config checkpoint written as training writes one, random values.
 
   The TrainState (parser, SST parameters and memory, optimizer state) gets
-  its structure from ``train.init_train_state`` through ``jax.eval_shape``
+  its structure from ``recipe.init_train_state`` through ``jax.eval_shape``
   and random values (``random_like``): no init compilation.
   ``edit_metadata(metadata) -> metadata`` changes what is saved.
 
@@ -39,16 +39,18 @@ def write_workdir(workdir, variant=None, seed: int = 0, step: int = 3,
   import os
   import sys
   from sst_jax import checkpointing
+  from sst_jax import config_lib
   from sst_jax import optim
+  from sst_jax import recipe
   from sst_jax import train
   sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'configs'))
   import tiny
   # pylint: enable=g-import-not-at-top
   config = tiny.get_config(variant)
-  domains = train.validate_config(config)
-  model, sst_model = train.build_models(config, domains)
+  domains = config_lib.validate_config(config)
+  model, sst_model = recipe.build_models(config, domains)
   tx = optim.make_optimizer(config.optim, config.total_steps)
-  state = random_like(jax.eval_shape(lambda r: train.init_train_state(
+  state = random_like(jax.eval_shape(lambda r: recipe.init_train_state(
       r, model=model, sst_model=sst_model, tx=tx, image_size=size),
                                      jax.random.key(seed)), seed)
   manager = checkpointing.make_manager(workdir, async_save=False)
@@ -60,3 +62,36 @@ def write_workdir(workdir, variant=None, seed: int = 0, step: int = 3,
   manager.wait_until_finished()
   manager.close()
   return config, domains, model, sst_model
+
+
+class Interrupt(Exception):
+  """Raised by :func:`interrupt_training_after` in place of a batch."""
+
+
+def interrupt_training_after(monkeypatch, batches: int):
+  """Training's input iterators raise :class:`Interrupt` after ``batches``.
+
+  Simulates a run killed between steps: whatever was checkpointed before
+  stays, nothing after.
+  """
+  from sst_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  original = pipeline.train_iterator
+
+  def interrupting(*args, **kwargs):
+    it = original(*args, **kwargs)
+
+    class Wrapped:
+      served = 0
+
+      def __next__(self):
+        if self.served == batches:
+          raise Interrupt()
+        self.served += 1
+        return next(it)
+
+      def get_state(self):
+        return it.get_state()
+
+    return Wrapped()
+
+  monkeypatch.setattr(pipeline, 'train_iterator', interrupting)

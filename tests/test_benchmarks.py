@@ -1,4 +1,4 @@
-"""The interleaved step comparison: config overrides and one tiny run."""
+"""The benchmarks' shared parts: config overrides, speed paths, tiny runs."""
 
 import pathlib
 import re
@@ -10,26 +10,49 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] /
                        'benchmarks'))
 import compare_step  # pylint: disable=g-import-not-at-top
 
+import train_step  # pylint: disable=g-import-not-at-top
+
 from sst_jax import config_lib  # pylint: disable=g-import-not-at-top
+from sst_jax.models import fast_paths  # pylint: disable=g-import-not-at-top
 
 
 def test_overrides_are_typed_nested_and_checked():
   config = config_lib.base_config()
   compare_step.apply_overrides(
-      config, 'model.factored_convs=False, optim.lr=0.5,model.backbone=resnet18')
-  assert config.model.factored_convs is False
+      config, 'model.edge=True, optim.lr=0.5,model.backbone=resnet18')
+  assert config.model.edge is True
   assert config.optim.lr == 0.5
   assert config.model.backbone == 'resnet18'
   compare_step.apply_overrides(
-      config, "sst.scales=('res2', 'decoder'),sst.dim=32")
-  assert config.sst.scales == ('res2', 'decoder')
+      config, "sst.taps=('res2', 'context', 'decoder'),sst.dim=32")
+  assert config.sst.taps == ('res2', 'context', 'decoder')
   assert config.sst.dim == 32
   compare_step.apply_overrides(config, '')  # the unchanged config
-  assert config.model.factored_convs is False
-  with pytest.raises(KeyError, match='model.factored'):
-    compare_step.apply_overrides(config, 'model.factored=True')
+  assert config.model.edge is True
+  # The speed paths are not config fields.
+  with pytest.raises(KeyError, match='model.factored_convs'):
+    compare_step.apply_overrides(config, 'model.factored_convs=True')
   with pytest.raises(ValueError, match='key=value'):
-    compare_step.apply_overrides(config, 'model.factored_convs')
+    compare_step.apply_overrides(config, 'model.edge')
+
+
+def test_speed_path_items_choose_the_implementations():
+  assert compare_step.split_paths(
+      "plain=conv+residual_act,optim.lr=0.5,sst.taps=('a','b')") == (
+          "optim.lr=0.5,sst.taps=('a','b')", '', ('conv', 'residual_act'))
+  assert compare_step.split_paths('paths_for=gpu', 'cpu', ('conv',)) == (
+      '', 'gpu', ('conv',))
+  assert compare_step.split_paths('', 'cpu', ('all',)) == ('', 'cpu',
+                                                           ('all',))
+  plain = fast_paths.Implementations()
+  assert train_step.implementations('cpu') == fast_paths.CPU
+  assert train_step.implementations('gpu', ['all']) == plain
+  mixed = train_step.implementations('cpu', ['residual_act', 'conv'])
+  assert mixed.residual_act is plain.residual_act
+  assert mixed.conv is plain.conv
+  assert mixed.concat_conv is fast_paths.CPU.concat_conv
+  with pytest.raises(ValueError, match='unknown speed paths'):
+    train_step.implementations('cpu', ['relu'])
 
 
 def test_compare_step_times_every_variant(capsys):
@@ -37,12 +60,12 @@ def test_compare_step_times_every_variant(capsys):
       '--preset=synthetic', '--width=8', '--context_features=16',
       '--decoder_features=16', '--resolution=32', '--batch=2',
       '--num_devices=1', '--variant=baseline', '--warmup=0', '--rounds=2',
-      '--set=model.factored_convs=False', '--set='])
+      '--set=plain=concat_conv', '--set='])
   lines = capsys.readouterr().out.splitlines()
   rows = [l for l in lines if re.match(r'\s+[\d.]+ ms', l)]
   assert len(rows) == 2, lines
   assert rows[0].split()[2] == '1.000x'
-  assert rows[0].endswith('[model.factored_convs=False]')
+  assert rows[0].endswith('[plain=concat_conv]')
   assert rows[1].endswith('[unchanged]')
 
 
@@ -51,17 +74,16 @@ def test_compare_step_forward_times_the_inference_pass(capsys):
       '--preset=synthetic', '--width=8', '--context_features=16',
       '--decoder_features=16', '--resolution=32', '--batch=2',
       '--num_devices=1', '--variant=baseline', '--warmup=0', '--rounds=2',
-      '--forward', '--set=model.residual_relu=max', '--set='])
+      '--forward', '--set=plain=residual_act', '--set='])
   lines = capsys.readouterr().out.splitlines()
   assert any(l.startswith('# inference forward,') for l in lines), lines
   rows = [l for l in lines if re.match(r'\s+[\d.]+ ms', l)]
-  assert [r.split('[')[-1] for r in rows] == ['model.residual_relu=max]',
+  assert [r.split('[')[-1] for r in rows] == ['plain=residual_act]',
                                               'unchanged]'], lines
 
 
 def test_count_flops_grows_with_the_image_and_counts_the_backward():
   import count_flops  # pylint: disable=g-import-not-at-top
-  import train_step  # pylint: disable=g-import-not-at-top
   import argparse
   parser = argparse.ArgumentParser()
   train_step.add_model_flags(parser)
@@ -79,7 +101,7 @@ def test_count_flops_grows_with_the_image_and_counts_the_backward():
 
 def test_ablation_table_pairs_each_seed_with_the_reference_row():
   import ablation  # pylint: disable=g-import-not-at-top
-  rows = [('base', 'baseline'), ('sst', 'sst')]
+  rows = [('base', 'baseline', None), ('sst', 'sst', None)]
   results = {('baseline', 0): {'synthetic_pascal': 0.50},
              ('baseline', 1): {'synthetic_pascal': 0.60},
              ('sst', 0): {'synthetic_pascal': 0.52},
@@ -89,8 +111,14 @@ def test_ablation_table_pairs_each_seed_with_the_reference_row():
   # Per-seed differences +0.02 and +0.04: mean +0.030, spread 0.010 (the
   # unpaired spreads, 0.050 and 0.060, would hide it).
   assert lines[3].endswith('| 0.580 ± 0.060 | pascal +0.030 ± 0.010 |')
-  assert set(ablation.GROUPS) == {'universal', 'scalability', 'low_data'}
+  assert set(ablation.GROUPS) == {'universal', 'dedicated', 'scalability',
+                                  'low_data'}
   from configs import synthetic  # every row's config resolves
+  from sst_jax import config_lib  # pylint: disable=g-import-not-at-top
   for group in ablation.GROUPS.values():
-    for _, arg in group:
-      synthetic.get_config(arg)
+    for _, arg, source in group:
+      config = synthetic.get_config(arg)
+      if source:
+        config.init_from = ablation.workdir_of('/tmp', source, 0)
+        config_lib.validate_config(config)
+        synthetic.get_config(source)

@@ -112,8 +112,8 @@ def test_flops_counted_on_the_host_cpu_equal_the_lowered_count():
   args = train_step.apply_preset(argparse.Namespace(
       preset='tiny', backbone=None, width=None, output_stride=None,
       context_features=None, decoder_features=None, resolution=None,
-      crop_width=None, batch=None, deep_stem=False, conv_kernel_grad='auto',
-      factored_convs=1, residual_relu='select', dtype='float32',
+      crop_width=None, batch=None, deep_stem=False, paths_for='', plain=[],
+      dtype='float32',
       optimizer='sgd', num_devices=0))
   args.batch = 8
   config = train_step.load_config('baseline', args)

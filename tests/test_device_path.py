@@ -23,8 +23,10 @@ import numpy as np
 import pytest
 
 from configs import tiny
+from sst_jax import config_lib
 from sst_jax import optim
 from sst_jax import parallel
+from sst_jax import recipe
 from sst_jax import steps
 from sst_jax import train
 from sst_jax.data import pipeline
@@ -44,12 +46,12 @@ def tiny_config(arg='baseline', **overrides):
 
 
 def setup(config):
-  domains = train.validate_config(config)
+  domains = config_lib.validate_config(config)
   names = [d.name for d in domains]
-  model, sst_model = train.build_models(config, domains)
+  model, sst_model = recipe.build_models(config, domains)
   tx = optim.make_optimizer(config.optim, config.total_steps)
   state = jax.jit(functools.partial(
-      train.init_train_state, model=model, sst_model=sst_model, tx=tx,
+      recipe.init_train_state, model=model, sst_model=sst_model, tx=tx,
       image_size=config.data.crop_size))(jax.random.key(0))
   step = jax.jit(functools.partial(
       steps.train_step, model=model, sst_model=sst_model, tx=tx,
@@ -207,12 +209,12 @@ def test_train_loop_makes_only_the_placement_and_metrics_transfers(tmp_path):
 def test_the_train_step_donates_the_state():
   config = tiny_config()
   mesh = parallel.make_mesh(2)
-  domains = train.validate_config(config)
+  domains = config_lib.validate_config(config)
   names = [d.name for d in domains]
-  model, sst_model = train.build_models(config, domains)
+  model, sst_model = recipe.build_models(config, domains)
   tx = optim.make_optimizer(config.optim, config.total_steps)
   state = jax.jit(functools.partial(
-      train.init_train_state, model=model, sst_model=sst_model, tx=tx,
+      recipe.init_train_state, model=model, sst_model=sst_model, tx=tx,
       image_size=32), out_shardings=parallel.replicated(mesh))(
           jax.random.key(0))
   step = train.jit_train_step(config, model, sst_model, tx, names, None, mesh)
@@ -311,12 +313,12 @@ def reductions(jaxpr) -> collections.Counter:
 
 def test_bfloat16_computes_in_bfloat16_and_keeps_float32_state():
   config = tiny_config(dtype='bfloat16')
-  domains = train.validate_config(config)
+  domains = config_lib.validate_config(config)
   names = [d.name for d in domains]
-  model, sst_model = train.build_models(config, domains)
+  model, sst_model = recipe.build_models(config, domains)
   tx = optim.make_optimizer(config.optim, config.total_steps)
   state = jax.eval_shape(functools.partial(
-      train.init_train_state, model=model, sst_model=sst_model, tx=tx,
+      recipe.init_train_state, model=model, sst_model=sst_model, tx=tx,
       image_size=32), jax.random.key(0))
   for part in ('params', 'opt_state', 'model_state'):
     dtypes = {x.dtype for x in jax.tree.leaves(getattr(state, part))

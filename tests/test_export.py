@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 
 from sst_jax import checkpointing
+from sst_jax import config_lib
 from sst_jax import export as export_lib
 from sst_jax import optim
+from sst_jax import recipe
 from sst_jax import steps
 from sst_jax import train
 from sst_jax.models import parser as parser_lib
@@ -30,15 +32,18 @@ def make_workdir(workdir, variant=None, seed=0):
   """A checkpoint written exactly as training writes one (no train steps).
 
   The TrainState (parser, SST parameters and memory, optimizer state) gets
-  its structure from ``train.init_train_state`` via ``jax.eval_shape`` and
+  its structure from ``recipe.init_train_state`` via ``jax.eval_shape`` and
   random values, which keeps the test free of slow init compilations.
   """
   config = tiny.get_config(variant)
-  domains = train.validate_config(config)
-  model, sst_model = train.build_models(config, domains)
+  if config.parsing == 'dedicated':
+    config.init_from = '/source_workdir'  # only read when training starts
+  domains = config_lib.validate_config(config)
+  model, sst_model = recipe.build_models(config, domains)
   tx = optim.make_optimizer(config.optim, config.total_steps)
-  state = helpers.random_like(jax.eval_shape(lambda r: train.init_train_state(
-      r, model=model, sst_model=sst_model, tx=tx, image_size=SIZE),
+  state = helpers.random_like(jax.eval_shape(lambda r: recipe.init_train_state(
+      r, model=model, sst_model=sst_model, tx=tx, image_size=SIZE,
+      frozen_source=config_lib.dedicated_source(config)),
                                       jax.random.key(seed)), seed)
   manager = checkpointing.make_manager(workdir, async_save=False)
   checkpointing.save(manager, 3, state, {'next_index': 3},
@@ -190,6 +195,17 @@ def test_serialized_forward_reloads_in_fresh_process(universal, tmp_path):
       assert diff <= 1e-5
 
 
+def test_default_heads_read_parsing_and_the_older_mode_sst_field():
+  domains = [{'name': 'a', 'classes': ['x']}, {'name': 'b', 'classes': ['y']}]
+  for key in ('parsing', 'mode_sst'):  # 'mode_sst': sst_jax 0.1.0's name
+    meta = {'domains': domains, key: 'dedicated', 'target': 'b'}
+    assert export_lib.parsing_of(meta) == 'dedicated'
+    assert export_lib.select_heads(meta) == ['b']
+    assert export_lib.select_heads(dict(meta, **{key: 'universal'})) == [
+        'a', 'b']
+    assert export_lib.select_heads(meta, ['a']) == ['a']
+
+
 def test_dedicated_export_keeps_only_target_head(tmp_path):
   workdir = str(tmp_path / 'work')
   config, _, _, _ = make_workdir(workdir, 'dedicated', seed=3)
@@ -197,6 +213,9 @@ def test_dedicated_export_keeps_only_target_head(tmp_path):
   target = config.target
   assert [d['name'] for d in info['domains']] == [target]
   module, variables, _ = export_lib.load_exported(str(tmp_path / 'e'))
+  # The target network only: no SST module, no frozen source.
+  assert sorted(variables) == ['batch_stats', 'params']
+  assert not any('sst' in k or 'frozen' in k for k in variables['params'])
   for col in ('params',):
     assert sorted(k for k in variables[col] if k.startswith('head_')) == [
         f'head_{target}']

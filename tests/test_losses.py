@@ -85,13 +85,6 @@ def test_soft_iou_gradient_reaches_only_valid_pixels():
   assert np.abs(np.asarray(grad)[~ignored]).sum() > 0
 
 
-@pytest.mark.parametrize('step,want', [(0, np.exp(-5.0)), (50, np.exp(-1.25)),
-                                       (100, 1.0), (500, 1.0)])
-def test_sst_rampup(step, want):
-  np.testing.assert_allclose(steps.sst_rampup(step, 100), want, rtol=1e-6)
-  assert steps.sst_rampup(step, 0) == 1.0
-
-
 @pytest.mark.parametrize('cotangents', [(1.0, 0.0), (0.0, 1.0), (0.7, 5.0)])
 def test_fused_own_head_losses_equal_the_two_losses(cotangents):
   """Values and logit gradients of ``own_head_losses`` against

@@ -74,6 +74,10 @@ def test_scores_match_reference():
   accs = [np.mean(pred[label == k] == k) for k in present]
   assert s['mean_acc'] == pytest.approx(np.mean(accs))
   assert s['iou_by_class']['c0'] == pytest.approx(ious[0])
+  for k in range(c):  # class 4 has no ground truth: no accuracy
+    want = np.mean(pred[label == k] == k) if k in present else None
+    assert s['acc_by_class'][f'c{k}'] == (None if want is None
+                                          else pytest.approx(want))
 
 
 def test_perfect_prediction_scores_one():

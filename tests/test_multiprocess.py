@@ -93,7 +93,7 @@ def _restore_state(workdir, step):
   from sst_jax import checkpointing
   manager = checkpointing.make_manager(str(workdir), async_save=False)
   assert step in manager.all_steps(), (workdir, manager.all_steps())
-  state = checkpointing.restore_state(manager, step)
+  state = checkpointing.restore(manager, step)['state']
   manager.close()
   return state
 

@@ -12,9 +12,11 @@ import pytest
 import sst_jax
 from sst_jax import api
 from sst_jax import checkpointing
+from sst_jax import config_lib
 from sst_jax import export as export_lib
 from sst_jax import optim
 from sst_jax import predict
+from sst_jax import recipe
 from sst_jax import train
 from sst_jax import visualize
 
@@ -29,10 +31,10 @@ SIZE = 32  # tiny.py's data.eval_input_size
 def _write_random_checkpoint(workdir, seed=0):
   """A baseline tiny checkpoint (training's own save path), random weights."""
   config = tiny.get_config('baseline')
-  domains = train.validate_config(config)
-  model, sst_model = train.build_models(config, domains)
+  domains = config_lib.validate_config(config)
+  model, sst_model = recipe.build_models(config, domains)
   tx = optim.make_optimizer(config.optim, config.total_steps)
-  abstract = jax.eval_shape(lambda r: train.init_train_state(
+  abstract = jax.eval_shape(lambda r: recipe.init_train_state(
       r, model=model, sst_model=sst_model, tx=tx, image_size=SIZE),
                             jax.random.key(0))
   state = helpers.random_like(abstract, seed)

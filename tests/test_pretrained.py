@@ -374,9 +374,10 @@ def test_unmapped_and_misshaped_tensors_raise():
 def test_backbone_into_parser_reports_heads_not_loaded(tmp_path):
   state = _tiny_tv_state_dict()
   pretrained.save_npz(state, tmp_path / 'w.npz')
-  model = parser.Parser(num_classes={'lip': 20}, backbone='resnet18',
-                        width=16, output_stride=32, context_features=32,
-                        decoder_features=16)
+  model = parser.ParsingNetwork(num_classes={'lip': 20},
+                                backbone='resnet18', width=16,
+                                output_stride=32, context_features=32,
+                                decoder_features=16)
   # Concrete stand-in for model.init (whose eager random init is slow on CPU).
   variables = jax.tree.map(lambda s: np.full(s.shape, 0.5, s.dtype),
                            pretrained.abstract_variables(model))
@@ -555,10 +556,10 @@ def test_schp_checkpoint_initializes_a_parser_backbone(tmp_path):
   path = tmp_path / 'exp-schp-lip.pth'
   torch.save(checkpoint, path)
   state = pretrained.load_torch_state_dict(path)
-  model = parser.Parser(num_classes={'lip': 20, 'pascal_person_part': 7},
-                        backbone='resnet50', width=16, output_stride=16,
-                        deep_stem=True, dilate_first_block=True,
-                        context_features=32, decoder_features=16)
+  model = parser.ParsingNetwork(
+      num_classes={'lip': 20, 'pascal_person_part': 7}, backbone='resnet50',
+      width=16, output_stride=16, deep_stem=True, dilate_first_block=True,
+      context_features=32, decoder_features=16)
   variables = jax.tree.map(lambda s: np.full(s.shape, 0.5, s.dtype),
                            pretrained.abstract_variables(model))
   loaded, report = pretrained.load_backbone_into(variables, path)

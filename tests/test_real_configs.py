@@ -13,9 +13,10 @@ import jax
 import numpy as np
 import pytest
 
+from sst_jax import config_lib
 from sst_jax import domains as domains_lib
 from sst_jax import optim
-from sst_jax import train
+from sst_jax import recipe
 from sst_jax.data import sources as sources_lib
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / 'configs'
@@ -23,8 +24,8 @@ CONFIG_FILES = sorted(p.name for p in CONFIG_DIR.glob('*.py')
                       if not p.name.startswith('_'))
 
 # The variant arguments each config's docstring documents (None = default).
-_SYNTHETIC_VARIANTS = [None, 'baseline', 'pascal', 'dedicated', 'msa_mse',
-                       'msa_mst']
+_SYNTHETIC_VARIANTS = [None, 'baseline', 'pascal', 'dedicated', 'finetune',
+                       'msa_mse', 'msa_mst']
 VARIANTS = {
     'synthetic.py': _SYNTHETIC_VARIANTS,
     'tiny.py': _SYNTHETIC_VARIANTS,
@@ -64,13 +65,19 @@ def test_every_config_file_has_documented_variants():
 def test_config_builds_model_and_domains(filename, arg):
   config = load(filename).get_config(arg)
   assert config.is_locked
-  domains = train.validate_config(config)
+  if (config.parsing == 'dedicated' and config.sst.enabled
+      and not config.init_from):
+    # Dedicated parsing starts from a trained source model.
+    with pytest.raises(ValueError, match='config.init_from'):
+      config_lib.validate_config(config)
+    config.init_from = '/source_workdir'
+  domains = config_lib.validate_config(config)
   assert [d.name for d in domains] == list(config.domains)
-  model, sst_model = train.build_models(config, domains)
+  model, sst_model = recipe.build_models(config, domains)
   assert (sst_model is not None) == bool(config.sst.enabled)
   tx = optim.make_optimizer(config.optim, config.total_steps)
   state = jax.eval_shape(
-      lambda rng: train.init_train_state(
+      lambda rng: recipe.init_train_state(
           rng, model=model, sst_model=sst_model, tx=tx,
           image_size=config.data.crop_size), jax.random.key(0))
   heads = state.params['parser']
@@ -79,9 +86,10 @@ def test_config_builds_model_and_domains(filename, arg):
         {k: v for k, v in heads.items() if d.name in k})
     assert leaves, f'no head for {d.name} in {sorted(heads)}'
     assert any(x.shape[-1] == d.num_classes for x in leaves), d.name
-  if config.mode_sst == 'dedicated':
+  if config.parsing == 'dedicated':
     assert config.target in config.domains
-    # Dedicated sampling comes from sst.dedicated_other_weight alone.
+    # Dedicated batches: the target's rows, then dedicated_aux_batch rows
+    # of the source domains.
     assert not config.data.mix
   # The pipeline refuses a mix that names a domain outside config.domains.
   assert set(config.data.mix) <= set(config.domains)
@@ -104,8 +112,10 @@ def test_real_configs_follow_the_protocol(filename):
   assert tuple(config.data.scale_range) == (0.5, 1.5)
   assert config.data.eval_input_size == 473
   assert set(config.domains) == {'pascal_person_part', 'atr', 'cihp'}
-  domains = train.validate_config(config)
-  model, _ = train.build_models(config, domains)
+  if config.parsing == 'dedicated':
+    config.init_from = '/source_workdir'  # stage 2 starts from a source
+  domains = config_lib.validate_config(config)
+  model, _ = recipe.build_models(config, domains)
   variables = jax.eval_shape(
       lambda: model.init(jax.random.key(0), jax.numpy.zeros((1, 65, 65, 3)),
                          train=False))
@@ -124,6 +134,42 @@ def test_bad_arguments_are_refused():
     load('universal_r101.py').get_config('datadir=/x')
   with pytest.raises(ValueError, match='target'):
     load('dedicated_r101.py').get_config('target=synthetic_pascal')
+
+
+@pytest.mark.parametrize('filename', CONFIG_FILES)
+def test_every_config_parses_its_argument_with_the_one_parser(filename):
+  """config_lib.parse_arg: unknown keys named, with the keys it takes."""
+  module = load(filename)
+  with pytest.raises(ValueError) as error:
+    module.get_config('no_such_key=1')
+  message = str(error.value)
+  assert message.startswith(f"configs/{filename}: unknown argument "
+                            "'no_such_key=1'"), message
+  assert 'baseline' in message  # the keys it does take
+  with pytest.raises(ValueError, match="'baseline' takes no value"):
+    module.get_config('baseline=1')
+  with pytest.raises(ValueError, match="'baseline' given twice"):
+    module.get_config('baseline,baseline')
+
+
+def test_argument_parser_types_and_domains():
+  known = {'flag': bool, 'name': str, 'count': int, 'either': str | None}
+  domains = ['synthetic_pascal', 'synthetic_cihp']
+  args = config_lib.parse_arg(' count=3, flag ,name=a=b,either', known,
+                              'f.py', domains)
+  assert args == {'count': 3, 'flag': True, 'name': 'a=b', 'either': None}
+  assert list(args) == ['count', 'flag', 'name', 'either']
+  assert config_lib.parse_arg('either=x,pascal', known, 'f.py', domains) == {
+      'either': 'x', 'domain': 'pascal'}
+  assert config_lib.parse_arg(None, known, 'f.py') == {}
+  for arg, match in (('count=x', 'not an integer'),
+                     ('name', 'needs a value'),
+                     ('lip', r"unknown argument 'lip'.*flag, name=<str>, "
+                      r'count=<int>, either\[=<str>\] or a domain of'),
+                     ('pascal', 'unknown argument')):
+    with pytest.raises(ValueError, match=match):
+      config_lib.parse_arg(arg, known, 'f.py',
+                           domains if arg != 'pascal' else ())
 
 
 @pytest.mark.parametrize('filename', [f for f in CONFIG_FILES

@@ -30,13 +30,14 @@ def test_models_exports_build_from_keyword_arguments():
   from sst_jax.models import sst as sst_lib
   # pylint: enable=g-import-not-at-top
   assert all(hasattr(models, n) for n in models.__all__)
-  assert (models.Parser, models.AugmentCE2P, models.SST) == (
-      parser_lib.Parser, schp_lib.AugmentCE2P, sst_lib.SST)
+  assert (models.ParsingNetwork, models.AugmentCE2P, models.SST) == (
+      parser_lib.ParsingNetwork, schp_lib.AugmentCE2P, sst_lib.SST)
   key = jax.random.key(0)
   x = jax.ShapeDtypeStruct((2, SIZE, SIZE, 3), jnp.float32)
-  parser = models.Parser(num_classes={'a': 3, 'b': 5}, backbone='resnet_tiny',
-                         width=8, context_features=16, decoder_features=16,
-                         psp_bins=(1, 2))
+  parser = models.ParsingNetwork(num_classes={'a': 3, 'b': 5},
+                                 backbone='resnet_tiny', width=8,
+                                 context_features=16, decoder_features=16,
+                                 psp_bins=(1, 2))
   variables = jax.eval_shape(parser.init, key, x)
   logits, aux = jax.eval_shape(parser.apply, variables, x)
   assert logits['a'].shape == (2, 8, 8, 3) and logits['b'].shape[-1] == 5
@@ -47,6 +48,16 @@ def test_models_exports_build_from_keyword_arguments():
   assert feats['res5'].shape == (2, 2, 2, 64)
   assert models.ResNet(stage_sizes=(1, 1, 1, 1), width=8) == models.ResNet(
       stage_sizes=(1, 1, 1, 1), block='basic', width=8)
+  # From keyword arguments: the plain forms; backbone_of passes the parser's.
+  plain = models.fast_paths.Implementations()
+  assert parser.implementations == plain
+  assert (backbone.conv, backbone.residual_act) == (plain.conv,
+                                                    plain.residual_act)
+  cpu = models.fast_paths.for_backend('cpu')
+  fast_backbone = models.backbone_of(models.ParsingNetwork(
+      num_classes={'a': 3}, backbone='resnet_tiny', implementations=cpu))
+  assert (fast_backbone.conv, fast_backbone.residual_act) == (
+      cpu.conv, cpu.residual_act)
 
   schp = models.AugmentCE2P(num_classes={'lip': 20}, backbone='resnet50',
                             width=8, context_features=16, edge_features=8,
@@ -59,7 +70,7 @@ def test_models_exports_build_from_keyword_arguments():
   sst = models.SST(domain_names=('a', 'b'), num_classes=(3, 5), dim=8)
   label = jax.ShapeDtypeStruct((2, SIZE, SIZE), jnp.int32)
   domain = jax.ShapeDtypeStruct((2,), jnp.int32)
-  sst_vars = jax.eval_shape(sst.init, key, logits, aux, label, domain)
+  sst_vars = jax.eval_shape(sst.init, key, aux, label, domain)
   assert jax.tree.leaves(sst_vars['params'])
 
 
@@ -92,6 +103,11 @@ def test_doc_builds_from_keyword_arguments(doc_namespace):
   # ResNet-50 trunk with two heads: about 25M parameters (ResNet-50 alone).
   assert 2.0e7 < ns['num_params'] < 6.0e7
   assert set(ns['shapes']['params']) >= {'backbone', 'head_lip', 'head_atr'}
+  # The speed paths change no parameter.
+  assert ns['fast_parser'].implementations == models.fast_paths.for_backend(
+      jax.default_backend())
+  assert (jax.tree.map(lambda x: (x.shape, x.dtype), ns['fast_shapes']) ==
+          jax.tree.map(lambda x: (x.shape, x.dtype), ns['shapes']))
 
 
 def test_doc_loads_the_same_model_from_workdir_and_export(doc_namespace):

@@ -7,8 +7,10 @@ import pytest
 
 from configs import tiny
 from sst_jax import checkpointing
+from sst_jax import config_lib
 from sst_jax import optim
 from sst_jax import parallel
+from sst_jax import recipe
 from sst_jax import steps
 from sst_jax import train
 from sst_jax.models import sst as sst_lib
@@ -93,10 +95,10 @@ def _setup(arg='sst', domain_list=None, **sst_overrides):
       config.domains = domain_list
     for k, v in sst_overrides.items():
       config.sst[k] = v
-  domains = train.validate_config(config)
-  model, sst_model = train.build_models(config, domains)
+  domains = config_lib.validate_config(config)
+  model, sst_model = recipe.build_models(config, domains)
   tx = optim.make_optimizer(config.optim, 10)
-  state = train.init_train_state(jax.random.key(0), model=model,
+  state = recipe.init_train_state(jax.random.key(0), model=model,
                                  sst_model=sst_model, tx=tx, image_size=32)
   rng = np.random.default_rng(0)
   n = len(domains)
@@ -108,12 +110,12 @@ def _setup(arg='sst', domain_list=None, **sst_overrides):
   return config, domains, model, sst_model, state, batch
 
 
-def _apply(sst_model, state, logits, aux, batch, params=None, train_=True,
+def _apply(sst_model, state, aux, batch, params=None, train_=True,
            method=None):
   return sst_model.apply(
       {'params': state.params['sst'] if params is None else params,
        'sst_memory': state.model_state['sst_memory']},
-      logits, aux, batch['label'], batch['domain'], train=train_,
+      aux, batch['label'], batch['domain'], train=train_,
       mutable=['sst_memory'], method=method)
 
 
@@ -121,14 +123,14 @@ def test_cross_matrices_for_every_ordered_pair_change_with_s():
   config, domains, model, sst_model, state, batch = _setup(
       domain_list=['synthetic_pascal', 'synthetic_atr', 'synthetic_cihp'])
   variables = steps.parser_variables(state.params, state.model_state)
-  logits, aux = model.apply(variables, batch['image'], train=False)
+  _, aux = model.apply(variables, batch['image'], train=False)
   sv = {'params': state.params['sst'],
         'sst_memory': state.model_state['sst_memory']}
 
   def matrices(aux):
     def fn(module):
-      s, present, _ = module.aggregate(aux, batch['label'], batch['domain'])
-      return module.cross(s, present)
+      sets = module.node_sets(aux, batch['label'], batch['domain'])
+      return module.cross(sets['nodes'][0], sets['s'], sets['present'])
     return sst_model.apply(sv, method=fn)
 
   mats = matrices(aux)
@@ -155,12 +157,12 @@ def test_intra_matrix_is_learned_from_labels_and_row_normalized():
   label[:, 8:24, 12:20] = 2
   batch = dict(batch, label=label, domain=np.zeros((4,), np.int32))
   variables = steps.parser_variables(state.params, state.model_state)
-  logits, aux = model.apply(variables, batch['image'], train=False)
+  _, aux = model.apply(variables, batch['image'], train=False)
   before = state.model_state['sst_memory']
   name = domains[0].name
   np.testing.assert_array_equal(before[f'adjacency_{name}'],
                                 np.eye(domains[0].num_classes))
-  _, updates = _apply(sst_model, state, logits, aux, batch)
+  _, updates = _apply(sst_model, state, aux, batch)
   adj = np.asarray(updates['sst_memory'][f'adjacency_{name}'])
   np.testing.assert_allclose(adj.sum(-1), 1.0, rtol=1e-5)
   assert adj[1, 2] > 0.05 and adj[2, 1] > 0.05   # neighbours
@@ -208,23 +210,22 @@ def test_all_zero_weights_reproduce_the_baseline_loss_exactly():
 
 def test_every_batch_holds_every_domain():
   config = tiny.get_config('sst')
-  groups = train.batch_groups(config, {})
+  groups = config_lib.batch_groups(config, {})
   assert groups == [({'synthetic_pascal': 1.0}, 4),
                     ({'synthetic_cihp': 1.0}, 4)]
-  assert train.batch_groups(tiny.get_config('baseline'), {}) is None
+  assert config_lib.batch_groups(tiny.get_config('baseline'), {}) is None
   with config.unlocked():
     config.batch_size = 1
   with pytest.raises(ValueError, match='fixed_batch'):
-    train.validate_config(config)
+    config_lib.validate_config(config)
 
 
 def test_taps_and_options_are_checked():
   config = tiny.get_config('sst')
-  domains = train.validate_config(config)
+  domains = config_lib.validate_config(config)
   for field, bad in (('taps', ('context', 'decoder')),
                      ('taps', ('context', 'res3', 'decoder')),
-                     ('intra', 'graph'), ('mst_stop_gradient', 'both'),
-                     ('variant', 'paper')):
+                     ('intra', 'graph'), ('mst_stop_gradient', 'both')):
     with config.unlocked():
       saved = config.sst[field]
       config.sst[field] = bad
@@ -245,16 +246,16 @@ def test_extending_with_a_new_domain_keeps_old_parameters(tmp_path):
     old.data.max_eval_examples = 8
   workdir = str(tmp_path / 'old')
   train.train_and_evaluate(old, workdir)
-  raw = checkpointing.restore_state(checkpointing.make_manager(workdir), 2)
+  raw = checkpointing.restore(checkpointing.make_manager(workdir), 2)['state']
 
   new = tiny.get_config('sst')
   with new.unlocked():
     new.domains = list(old.domains) + ['synthetic_atr']
     new.init_from = workdir
-  domains = train.validate_config(new)
-  model, sst_model = train.build_models(new, domains)
+  domains = config_lib.validate_config(new)
+  model, sst_model = recipe.build_models(new, domains)
   tx = optim.make_optimizer(new.optim, 10)
-  state = train.init_train_state(jax.random.key(5), model=model,
+  state = recipe.init_train_state(jax.random.key(5), model=model,
                                  sst_model=sst_model, tx=tx, image_size=32)
   params, model_state, added = train.load_init_from(new, domains, state)
   assert added == ['synthetic_atr']

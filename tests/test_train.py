@@ -4,6 +4,7 @@ import contextlib
 import functools
 import json
 import os
+import sys
 import threading
 
 import jax
@@ -11,12 +12,14 @@ import numpy as np
 import pytest
 
 from configs import tiny
+import helpers
 from sst_jax import checkpointing
 from sst_jax import config_lib
 from sst_jax import domains as domains_lib
 from sst_jax import evaluate as evaluate_lib
 from sst_jax import optim
 from sst_jax import parallel
+from sst_jax import recipe
 from sst_jax import steps
 from sst_jax import train
 from sst_jax.data import pipeline
@@ -55,11 +58,11 @@ def tiny_config(arg='baseline', **overrides):
 
 def replicated_setup(config, mesh):
   """Domains, models, optimizer and a jit-initialized state replicated on mesh."""
-  domains = train.validate_config(config)
-  model, sst_model = train.build_models(config, domains)
+  domains = config_lib.validate_config(config)
+  model, sst_model = recipe.build_models(config, domains)
   tx = optim.make_optimizer(config.optim, config.total_steps)
   state = jax.jit(functools.partial(
-      train.init_train_state, model=model, sst_model=sst_model, tx=tx,
+      recipe.init_train_state, model=model, sst_model=sst_model, tx=tx,
       image_size=config.data.crop_size),
                   out_shardings=parallel.replicated(mesh))(jax.random.key(0))
   return domains, model, sst_model, tx, state
@@ -68,7 +71,7 @@ def replicated_setup(config, mesh):
 def load_state(workdir, step=None):
   manager = checkpointing.make_manager(workdir, async_save=False)
   step = manager.latest_step() if step is None else step
-  return checkpointing.restore_state(manager, step)
+  return checkpointing.restore(manager, step)['state']
 
 
 def assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
@@ -83,21 +86,21 @@ def assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
 def tiny_setup(arg='sst'):
   """A tiny config, its domain names, models, optimizer and state."""
   config = tiny_config(arg)
-  domains = train.validate_config(config)
-  model, sst_model = train.build_models(config, domains)
+  domains = config_lib.validate_config(config)
+  model, sst_model = recipe.build_models(config, domains)
   tx = optim.make_optimizer(config.optim, config.total_steps)
-  state = train.init_train_state(jax.random.key(0), model=model,
+  state = recipe.init_train_state(jax.random.key(0), model=model,
                                  sst_model=sst_model, tx=tx, image_size=32)
   return config, [d.name for d in domains], model, sst_model, tx, state
 
 
 def test_cheaply_compiled_initialization_is_bitwise_the_default():
   config = tiny_config('sst')
-  domains = train.validate_config(config)
-  model, sst_model = train.build_models(config, domains)
+  domains = config_lib.validate_config(config)
+  model, sst_model = recipe.build_models(config, domains)
   tx = optim.make_optimizer(config.optim, config.total_steps)
   init_fn = functools.partial(
-      train.init_train_state, model=model, sst_model=sst_model, tx=tx,
+      recipe.init_train_state, model=model, sst_model=sst_model, tx=tx,
       image_size=config.data.crop_size)
   repl = parallel.replicated(parallel.make_mesh(1))
   rng = jax.random.key(3)
@@ -106,6 +109,77 @@ def test_cheaply_compiled_initialization_is_bitwise_the_default():
   paths = jax.tree_util.tree_leaves_with_path(want)
   assert len(paths) == len(jax.tree.leaves(got)) > 10
   for (path, a), b in zip(paths, jax.tree.leaves(got)):
+    np.testing.assert_array_equal(np.asarray(b), np.asarray(a),
+                                  err_msg=jax.tree_util.keystr(path))
+
+
+def test_compile_ahead_runs_in_order_inline_or_in_one_background_thread():
+  """The helper's contract, for one process and for several."""
+  calls = []
+
+  def record(name):
+    calls.append((name, threading.current_thread().name))
+    return name
+
+  def fail():
+    raise ValueError('compilation failed')
+
+  # Several processes: each call runs at once, in the caller's thread.
+  with train.CompileAhead(inline=True) as ahead:
+    first = ahead.submit(record, 'init')
+    assert calls == [('init', threading.current_thread().name)]
+    assert first.done() and first.result()[0] == 'init'
+    ahead.submit(record, 'step')
+    with pytest.raises(ValueError, match='compilation failed'):
+      ahead.submit(fail)
+  assert [c[0] for c in calls] == ['init', 'step']
+
+  # One process: in submission order, in one background thread; an error
+  # surfaces at result().
+  calls.clear()
+  with train.CompileAhead(inline=False) as ahead:
+    submitted = [ahead.submit(record, n) for n in ('init', 'step', 'eval')]
+    failed = ahead.submit(fail)
+    assert [f.result()[0] for f in submitted] == ['init', 'step', 'eval']
+    with pytest.raises(ValueError, match='compilation failed'):
+      failed.result()
+  assert [c[0] for c in calls] == ['init', 'step', 'eval']
+  assert len({c[1] for c in calls}) == 1
+  assert calls[0][1].startswith('compile')
+
+
+def test_initial_state_is_computed_ahead_from_its_arguments(monkeypatch):
+  """``initialize_state`` run ahead returns the initialized state.
+
+  Everything it needs comes as arguments (nothing is read from names the
+  caller rebinds meanwhile), so frequent thread switches change nothing.
+  """
+  config = tiny_config('sst')
+  domains = config_lib.validate_config(config)
+  model, sst_model = recipe.build_models(config, domains)
+  tx = optim.make_optimizer(config.optim, config.total_steps)
+  init_fn = functools.partial(
+      recipe.init_train_state, model=model, sst_model=sst_model, tx=tx,
+      image_size=config.data.crop_size)
+  mesh = parallel.make_mesh(2)
+  interval = sys.getswitchinterval()
+  sys.setswitchinterval(1e-6)
+  try:
+    with train.CompileAhead(inline=False) as ahead:
+      fresh = ahead.submit(train.initialize_state, config, domains, init_fn,
+                           tx, mesh)
+      # Meanwhile the caller computes the same state itself.
+      want = train.run_init(init_fn, parallel.replicated(mesh),
+                            jax.random.key(config.seed))
+      state, _ = fresh.result()
+  finally:
+    sys.setswitchinterval(interval)
+  assert isinstance(state, steps.TrainState)
+  head = state.params['parser']['head_synthetic_pascal']['kernel']
+  assert head.sharding == parallel.replicated(mesh)
+  paths = jax.tree_util.tree_leaves_with_path(want)
+  assert len(paths) == len(jax.tree.leaves(state)) > 10
+  for (path, a), b in zip(paths, jax.tree.leaves(state)):
     np.testing.assert_array_equal(np.asarray(b), np.asarray(a),
                                   err_msg=jax.tree_util.keystr(path))
 
@@ -176,29 +250,11 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path,
   train.train_and_evaluate(config, full)
 
   resumed = str(tmp_path / 'resumed')
-  original = pipeline.train_iterator
-
-  def interrupting(*args, **kwargs):
-    it = original(*args, **kwargs)
-
-    class Wrapped:
-      served = 0
-
-      def __next__(self):
-        if self.served == 4:  # one step past the checkpoint at step 3
-          raise Interrupt()
-        self.served += 1
-        return next(it)
-
-      def get_state(self):
-        return it.get_state()
-
-    return Wrapped()
-
-  monkeypatch.setattr(pipeline, 'train_iterator', interrupting)
-  with pytest.raises(Interrupt):
-    train.train_and_evaluate(config, resumed)
-  monkeypatch.setattr(pipeline, 'train_iterator', original)
+  # Stopped one step past the checkpoint at step 3.
+  with monkeypatch.context() as patch:
+    helpers.interrupt_training_after(patch, 4)
+    with pytest.raises(helpers.Interrupt):
+      train.train_and_evaluate(config, resumed)
   assert checkpointing.make_manager(resumed).latest_step() == 3
   train.train_and_evaluate(config, resumed)
   a, b = load_state(full, 6), load_state(resumed, 6)
@@ -228,11 +284,11 @@ def test_end_to_end_outputs_and_mismatch_refusal(tmp_path):
   # Same workdir, different class list for one domain: refused, by name.
   bad = domains_lib.Domain('synthetic_cihp_small',
                            domains_lib.get_domain('synthetic_cihp').classes[:5])
-  meta = train.checkpoint_metadata(config, train.validate_config(config), 4)
+  meta = train.checkpoint_metadata(config, config_lib.validate_config(config), 4)
   meta['domains'][1]['classes'] = list(bad.classes)
   with pytest.raises(checkpointing.CheckpointMismatchError,
                      match='synthetic_cihp.*5 classes'):
-    checkpointing.check_domains(meta, train.validate_config(config), workdir)
+    checkpointing.check_domains(meta, config_lib.validate_config(config), workdir)
 
   # Through the real entry point: a config whose domains differ is refused.
   other = tiny_config('sst', total_steps=6)
@@ -258,8 +314,8 @@ def test_init_backbone_from_imagenet_weights(tmp_path):
     config.optim.lr = 0.0          # the step must not move the parameters
     config.optim.weight_decay = 0.0
     config.eval.num_vis = 0
-  domains = train.validate_config(config)
-  model, _ = train.build_models(config, domains)
+  domains = config_lib.validate_config(config)
+  model, _ = recipe.build_models(config, domains)
   target = pretrained.abstract_variables(model, (32, 32))
   shapes = pretrained.expected_torch_shapes(target,
                                             pretrained.resnet_name_fn())
@@ -281,9 +337,12 @@ def test_init_backbone_from_imagenet_weights(tmp_path):
 
 
 def test_dedicated_aux_rows_join_every_target_batch(tmp_path, monkeypatch):
+  # (Without SST: with it, the aux rows go to a frozen source model,
+  # tests/test_dedicated.py.)
   config = tiny_config('dedicated', total_steps=2, checkpoint_every=2,
-                       eval_every=2, **{'sst.dedicated_aux_batch': 8})
-  assert train.global_batch_size(config) == 16
+                       eval_every=2, **{'sst.dedicated_aux_batch': 8,
+                                        'sst.enabled': False})
+  assert config_lib.global_batch_size(config) == 16
   served, original = [], pipeline.train_iterator
 
   def recording(*args, **kwargs):
@@ -314,7 +373,7 @@ def test_dedicated_aux_rows_join_every_target_batch(tmp_path, monkeypatch):
   with config.unlocked():
     config.sst.dedicated_aux_batch = -1
   with pytest.raises(ValueError, match='dedicated_aux_batch must be'):
-    train.validate_config(config)
+    config_lib.validate_config(config)
 
 
 def test_final_crop_phase_switches_and_resumes_exactly(tmp_path, monkeypatch):
@@ -322,7 +381,7 @@ def test_final_crop_phase_switches_and_resumes_exactly(tmp_path, monkeypatch):
                        async_checkpoints=False,
                        **{'data.final_crop_size': 24,
                           'data.final_crop_steps': 2})
-  assert train.final_crop_start(config) == 2
+  assert config_lib.final_crop_start(config) == 2
   original = pipeline.train_iterator
   served = []
 
@@ -374,12 +433,12 @@ def test_final_crop_phase_switches_and_resumes_exactly(tmp_path, monkeypatch):
   with config.unlocked():
     config.data.final_crop_steps = 5
   with pytest.raises(ValueError, match='final_crop_steps in'):
-    train.validate_config(config)
+    config_lib.validate_config(config)
   with config.unlocked():
     config.data.final_crop_steps = 2
     config.data.crop_width = -8
   with pytest.raises(ValueError, match='crop_width >= 0'):
-    train.validate_config(config)
+    config_lib.validate_config(config)
 
 
 def test_learning_rate_restart():
@@ -444,6 +503,6 @@ def test_evaluation_is_compiled_ahead_and_batch_fits_the_devices():
           pipeline.eval_batch_spec(config.data, 4))
   evaluator.precompile(jax.eval_shape(lambda: variables))
   with recorded_compilations() as compiles:
-    results = evaluator(variables, step=0)
+    results = evaluator(variables).results
   assert sorted(results) == sorted(d.name for d in domains)
   assert compiles and not [c for c in compiles if 'eval_batch_step' in c]

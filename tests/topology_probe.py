@@ -72,7 +72,7 @@ def _final_params(workdir: str, step: int) -> dict:
   from flax import traverse_util
   from sst_jax import checkpointing
   manager = checkpointing.make_manager(workdir, async_save=False)
-  state = checkpointing.restore_state(manager, step)
+  state = checkpointing.restore(manager, step)['state']
   manager.close()
   assert int(state['step']) == step, (workdir, int(state['step']), step)
   flat = traverse_util.flatten_dict(state['params'], sep='/')
@@ -117,8 +117,8 @@ def read(workdir: str, scratch: str, out: str) -> None:
   # --config.mode=eval.
   scores = train_lib.train_and_evaluate(tiny_config(mode='eval'), work)
   for domain, values in scores.items():
-    per_class = [np.nan if v is None else v
-                 for v in values['iou_by_class'].values()]
+    per_class = [np.nan if c['iou'] is None else c['iou']
+                 for c in values['classes']]
     results[f'eval/{domain}'] = np.asarray(
         [values['miou'], values['pixel_acc']] + per_class)
 

@@ -32,7 +32,7 @@ def crop_hw(data_cfg) -> tuple[int, int]:
   """``(height, width)`` of the training crops: ``data.crop_size`` by
   ``data.crop_width`` (0: square)."""
   h = int(data_cfg.crop_size)
-  w = int(data_cfg.get('crop_width', 0)) or h
+  w = int(data_cfg.crop_width) or h
   return h, w
 
 

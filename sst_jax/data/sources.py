@@ -143,6 +143,6 @@ def make_source(domain: str, split: str, data_config) -> object:
     if data_config.cache:
       source = CachedSource(source, key)
     return source
-  names = data_config.get('tfds_names', {}) or {}
+  names = data_config.tfds_names or {}
   return TfdsSource(domain, split, name=names.get(domain, domain),
                     data_dir=data_config.data_dir)

@@ -14,6 +14,7 @@ import math
 import numpy as np
 from PIL import Image
 
+from sst_jax import interpolation
 from sst_jax.domains import IGNORE_ID, Domain
 
 # The network's input normalization, ``(pixel - IMAGENET_MEAN) /
@@ -242,16 +243,9 @@ def eval_resize_matrix(orig: int, resized: int, canvas_in: int,
   Returns:
     float32 ``[canvas_out, canvas_in]``.
   """
-  m = np.zeros((canvas_out, canvas_in), np.float32)
   src = (np.arange(orig) + 0.5) * (resized / orig) - 0.5
-  src = np.clip(src, 0, resized - 1)
-  lo = np.floor(src).astype(np.int64)
-  hi = np.minimum(lo + 1, resized - 1)
-  frac = (src - lo).astype(np.float32)
-  rows = np.arange(orig)
-  np.add.at(m, (rows, lo), 1 - frac)
-  np.add.at(m, (rows, hi), frac)
-  return m
+  return interpolation.linear_weights(np.clip(src, 0, resized - 1), resized,
+                                      canvas_in, canvas_out)
 
 
 def eval_transform(record: dict, input_size: int, label_size: int) -> dict:

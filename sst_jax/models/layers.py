@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from sst_jax import interpolation
 
 
 @functools.lru_cache(maxsize=256)
@@ -19,22 +21,14 @@ def interp_matrix(out_size: int, in_size: int,
   ``resize_bilinear`` along one axis is this matrix applied to that axis
   (cached: do not modify the returned array).
   """
-  m = np.zeros((out_size, in_size), np.float32)
   if in_size == 1:
-    m[:, 0] = 1.0
-    return m
+    return np.ones((out_size, 1), np.float32)
   if align_corners:
-    scale = (in_size - 1) / max(out_size - 1, 1)
-    src = np.arange(out_size) * scale
+    src = np.arange(out_size) * ((in_size - 1) / max(out_size - 1, 1))
   else:
     scale = in_size / out_size
     src = np.maximum((np.arange(out_size) + 0.5) * scale - 0.5, 0.0)
-  lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
-  hi = np.minimum(lo + 1, in_size - 1)
-  frac = (src - lo).astype(np.float32)
-  m[np.arange(out_size), lo] += 1.0 - frac
-  m[np.arange(out_size), hi] += frac
-  return m
+  return interpolation.linear_weights(src, in_size)
 
 
 def _phase_offsets(factor: int) -> list[float]:
@@ -204,138 +198,23 @@ def add_bias(y: jnp.ndarray, bias: jnp.ndarray) -> jnp.ndarray:
   return (y.astype(jnp.float32) + bias.astype(jnp.float32)).astype(y.dtype)
 
 
-@jax.custom_jvp
-def relu(x: jnp.ndarray) -> jnp.ndarray:
-  """``max(x, 0)`` written as a select: what residual sums should go through.
-
-  Same values (NaN propagates) and the same gradient as ``jax.nn.relu`` (0
-  at ``x == 0``). The difference is in how XLA:CPU fuses it. A residual
-  stream ``x_k = relu(x_{k-1} + bn(conv(x_{k-1})))`` feeds two consumers,
-  the next block's convolution and its residual add. With ``max`` the CPU
-  fusion pass duplicates the producer into the add's fusion, block after
-  block, so the fusion of block ``k`` recomputes the BatchNorm, add and
-  ReLU of every earlier block of the stage: quadratic elementwise work
-  (ResNet-101's layer3 has 23 blocks; its last fusion holds 361
-  instructions). The select is not duplicated, each fusion stays the size
-  of one block: the ResNet-101 parser's forward pass takes 0.87x and its
-  train step 0.92x the time (257x257, ``docs/results.md``).
-  """
-  return jnp.where(x < 0, jnp.zeros_like(x), x)
-
-
-relu.defjvps(lambda g, ans, x: jax.lax.select(x > 0, g, jnp.zeros_like(g)))
-
-RESIDUAL_RELUS = {'select': relu, 'max': jax.nn.relu}
-
-
-def residual_relu(name: str):
-  """The ReLU after residual sums, by name.
-
-  ``'select'`` is :func:`relu` (the default), ``'max'`` is ``jax.nn.relu``:
-  same values and gradients, different XLA fusion.
-  """
-  if name not in RESIDUAL_RELUS:
-    raise ValueError(f'residual_relu must be one of {tuple(RESIDUAL_RELUS)}, '
-                     f'got {name!r}')
-  return RESIDUAL_RELUS[name]
-
-
-KERNEL_GRAD_MODES = ('auto', 'xla', 'matmul')
-MATMUL_KERNEL_GRAD_MIN_CHANNELS = 64
-
-
-def resolve_kernel_grad(mode: str) -> str:
-  """``'auto'`` is ``'matmul'`` on the CPU backend and ``'xla'`` elsewhere."""
-  if mode not in KERNEL_GRAD_MODES:
-    raise ValueError(f'conv_kernel_grad must be one of {KERNEL_GRAD_MODES}, '
-                     f'got {mode!r}')
-  if mode == 'auto':
-    return 'matmul' if jax.default_backend() == 'cpu' else 'xla'
-  return mode
-
-
-def _conv_nhwc(x, kernel, strides: int, padding: int, dilation: int):
+def conv_nhwc(x, kernel, strides: int, padding: int, dilation: int):
+  """An NHWC/HWIO convolution with symmetric integer padding (XLA's)."""
   return jax.lax.conv_general_dilated(
       x, kernel, (strides, strides), [(padding, padding)] * 2,
       rhs_dilation=(dilation, dilation),
       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
-def _tap_inputs(x, kernel_hw, strides: int, padding: int, dilation: int,
-                out_hw) -> list[jnp.ndarray]:
-  """For each kernel tap ``(i, j)`` (row-major), the ``[N, oh, ow, C]``
-  input pixels that tap multiplies."""
-  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-  oh, ow = out_hw
-  taps = []
-  for i in range(kernel_hw[0]):
-    for j in range(kernel_hw[1]):
-      start = (0, i * dilation, j * dilation, 0)
-      limit = (xp.shape[0], i * dilation + (oh - 1) * strides + 1,
-               j * dilation + (ow - 1) * strides + 1, xp.shape[3])
-      taps.append(jax.lax.slice(xp, start, limit, (1, strides, strides, 1)))
-  return taps
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def conv_matmul_kernel_grad(x, kernel, strides: int, padding: int,
-                            dilation: int):
-  """An NHWC/HWIO convolution whose kernel gradient is a matrix product per tap.
-
-  The forward pass and the input gradient are XLA's convolutions. The kernel
-  gradient ``dK[i, j] = sum_{n,h,w} x_tap(i,j)[n,h,w,:]^T g[n,h,w,:]`` is
-  computed as one ``[C, N*H*W] @ [N*H*W, O]`` product per tap instead of
-  XLA's transposed convolution, whose window is the whole feature map and
-  whose "batch" is the channel count: on XLA:CPU that form runs at a
-  fraction of the matmul rate (docs/results.md, "CPU train step").
-  """
-  return _conv_nhwc(x, kernel, strides, padding, dilation)
-
-
-def _cmkg_fwd(x, kernel, strides, padding, dilation):
-  return _conv_nhwc(x, kernel, strides, padding, dilation), (x, kernel)
-
-
-def _cmkg_bwd(strides, padding, dilation, residuals, g):
-  x, kernel = residuals
-  _, x_vjp = jax.vjp(
-      lambda x: _conv_nhwc(x, kernel, strides, padding, dilation), x)
-  (dx,) = x_vjp(g)
-  taps = _tap_inputs(x, kernel.shape[:2], strides, padding, dilation,
-                     g.shape[1:3])
-  if kernel.shape[2] > kernel.shape[3]:
-    # Contract with the narrower operand on the left: XLA:CPU transposes
-    # the left operand, so this moves fewer bytes.
-    dk = [jnp.einsum('nhwo,nhwc->oc', g, t).T for t in taps]
-  else:
-    dk = [jnp.einsum('nhwc,nhwo->co', t, g) for t in taps]
-  dk = jnp.stack(dk).reshape(kernel.shape).astype(kernel.dtype)
-  return dx, dk
-
-
-conv_matmul_kernel_grad.defvjp(_cmkg_fwd, _cmkg_bwd)
-
-
-def _conv(x, kernel, strides: int, padding: int, dilation: int,
-          kernel_grad: str):
-  if (resolve_kernel_grad(kernel_grad) == 'matmul' and
-      x.shape[-1] >= MATMUL_KERNEL_GRAD_MIN_CHANNELS):
-    return conv_matmul_kernel_grad(x, kernel, strides, padding, dilation)
-  return _conv_nhwc(x, kernel, strides, padding, dilation)
-
-
 class Conv(nn.Module):
-  """A KxK convolution, ``nn.Conv``-compatible, with a choice of gradient.
+  """A KxK convolution, ``nn.Conv``-compatible.
 
   Same parameters as ``nn.Conv(features, kernel_size)`` with symmetric
   integer padding (``kernel [kh, kw, in, out]``, optional ``bias``, same
   initializers), so checkpoints and weight import do not depend on
-  ``kernel_grad``. ``kernel_grad='matmul'`` computes the kernel gradient
-  with :func:`conv_matmul_kernel_grad`; the forward pass and the input
-  gradient are the same in both modes. Convolutions reading fewer than
-  ``MATMUL_KERNEL_GRAD_MIN_CHANNELS`` channels keep XLA's gradient: with few
-  channels the per-tap products are too small to beat it (measured in
-  docs/results.md).
+  ``convolution``: the function ``(x, kernel, strides, padding, dilation)``
+  that computes it, :func:`conv_nhwc` or one with another gradient
+  (``sst_jax.models.fast_paths``).
   """
   features: int
   kernel_size: tuple[int, int] = (3, 3)
@@ -344,85 +223,28 @@ class Conv(nn.Module):
   kernel_dilation: int = 1
   use_bias: bool = False
   dtype: Any = jnp.float32
-  kernel_grad: str = 'xla'
+  convolution: Callable = conv_nhwc
 
   @nn.compact
   def __call__(self, x):
     kernel = self.param('kernel', nn.initializers.lecun_normal(),
                         (*self.kernel_size, x.shape[-1], self.features))
-    x = x.astype(self.dtype)
-    kernel = kernel.astype(self.dtype)
-    y = _conv(x, kernel, self.strides, self.padding, self.kernel_dilation,
-              self.kernel_grad)
+    y = self.convolution(x.astype(self.dtype), kernel.astype(self.dtype),
+                         self.strides, self.padding, self.kernel_dilation)
     if self.use_bias:
       y = add_bias(y, self.param('bias', nn.initializers.zeros,
                                  (self.features,)))
     return y
 
 
-@functools.lru_cache(maxsize=256)
-def _shifted_interp_matrices(out_size: int, in_size: int, taps: int,
-                             dilation: int, padding: int,
-                             align_corners: bool) -> np.ndarray:
-  """``[taps, out, in]``: row ``o`` of tap ``i`` interpolates the upsampled
-  pixel ``o + i * dilation - padding`` (zero outside the map)."""
-  m = interp_matrix(out_size, in_size, align_corners)
-  a = np.zeros((taps, out_size, in_size), np.float32)
-  for i in range(taps):
-    src = np.arange(out_size) + i * dilation - padding
-    inside = (src >= 0) & (src < out_size)
-    a[i, inside] = m[src[inside]]
-  return a
+class ResizeConcatConv(nn.Module):
+  """A KxK convolution of ``concat(inputs)``, the small inputs resized first.
 
-
-def conv_of_upsampled(branches, kernels, size: tuple[int, int], *,
-                      padding: int, dilation: int = 1,
-                      align_corners: bool = False) -> jnp.ndarray:
-  """``sum_b conv(resize_bilinear(branches[b], size), kernels[b])``, cheaply.
-
-  Bilinear upsampling and a stride-1 convolution are both linear, so each
-  branch's channels are mixed at its own small size first (``y @ K[i, j]``
-  for every tap) and only then interpolated, with the tap's shift and zero
-  padding folded into the interpolation matrices. A PSP bottleneck reads
-  pooled branches of 1x1 to 6x6 pixels: this costs ``O(H * W * O * taps *
-  sum(bins))`` instead of ``O(H * W * O * taps * C)``.
-
-  Args:
-    branches: ``[N, h_b, w_b, C_b]`` arrays.
-    kernels: matching ``[kh, kw, C_b, O]`` kernels (same ``kh, kw``).
-    size: the upsampled ``(H, W)``, also the output size.
-    padding, dilation: of the convolution (stride 1).
-    align_corners: of the bilinear upsampling.
-
-  Returns:
-    ``[N, H, W, O]``.
-  """
-  rows, cols = [], []
-  for y, k in zip(branches, kernels):
-    kh, kw = k.shape[:2]
-    z = jnp.einsum('npqc,ijco->nijpqo', y, k.astype(y.dtype))
-    aw = _shifted_interp_matrices(size[1], y.shape[2], kw, dilation, padding,
-                                  align_corners)
-    cols.append(jnp.einsum('jwq,nijpqo->nipwo', jnp.asarray(aw, y.dtype), z))
-    rows.append(_shifted_interp_matrices(size[0], y.shape[1], kh, dilation,
-                                         padding, align_corners))
-  t = jnp.concatenate(cols, axis=2)
-  ah = jnp.asarray(np.concatenate(rows, axis=2), t.dtype)
-  return jnp.einsum('ihp,nipwo->nhwo', ah, t)
-
-
-class UpsampledConcatConv(nn.Module):
-  """A KxK convolution of ``concat(inputs)`` where some inputs are upsampled.
-
-  Same parameter (``kernel [kh, kw, sum(C), O]``, input channels in the
-  order of ``inputs``) and same output as ``Conv`` applied to the
-  concatenation of ``inputs`` with every small input bilinearly resized to
-  the size of the full-size one, but the small inputs are never resized:
-  their part of the convolution is :func:`conv_of_upsampled`. The full-size
-  input goes through :class:`Conv`'s path (and its ``kernel_grad``).
-
-  ``inputs`` holds exactly one array whose spatial size is the output size
-  (``full_index`` says which); the others are the low-resolution branches.
+  Every input but ``inputs[full_index]`` is bilinearly resized to that
+  one's size, the inputs are concatenated in order and convolved (stride 1,
+  ``padding`` on each side) with one ``kernel [k, k, sum(C), features]``:
+  the literal form of ``fast_paths.FactoredConcatConv``, which computes the
+  same without resizing.
   """
   features: int
   kernel_size: int = 3
@@ -430,35 +252,31 @@ class UpsampledConcatConv(nn.Module):
   full_index: int = 0
   align_corners: bool = False
   dtype: Any = jnp.float32
-  kernel_grad: str = 'xla'
+  convolution: Callable = conv_nhwc
 
   @nn.compact
   def __call__(self, inputs):
-    channels = [x.shape[-1] for x in inputs]
+    size = inputs[self.full_index].shape[1:3]
+    x = jnp.concatenate(
+        [resize_bilinear(x, size, self.align_corners) for x in inputs],
+        axis=-1)
     kernel = self.param(
         'kernel', nn.initializers.lecun_normal(),
-        (self.kernel_size, self.kernel_size, sum(channels), self.features))
-    kernel = kernel.astype(self.dtype)
-    bounds = np.cumsum([0] + channels)
-    parts = [kernel[:, :, bounds[i]:bounds[i + 1]] for i in range(len(inputs))]
-    full = inputs[self.full_index].astype(self.dtype)
-    y = _conv(full, parts[self.full_index], 1, self.padding, 1,
-              self.kernel_grad)
-    small = [(x.astype(self.dtype), k) for i, (x, k) in
-             enumerate(zip(inputs, parts)) if i != self.full_index]
-    if small:
-      y = y + conv_of_upsampled(
-          [x for x, _ in small], [k for _, k in small], full.shape[1:3],
-          padding=self.padding, align_corners=self.align_corners)
-    return y
+        (self.kernel_size, self.kernel_size, x.shape[-1], self.features))
+    return self.convolution(x.astype(self.dtype), kernel.astype(self.dtype),
+                            1, self.padding, 1)
 
 
 def conv(features: int, kernel_size=(3, 3), strides=1, *, padding: int = 0,
          kernel_dilation: int = 1, use_bias: bool = False, dtype=jnp.float32,
-         kernel_grad: str = 'xla', name: str | None = None) -> nn.Module:
-  """:class:`Conv` (symmetric integer padding), or :class:`Conv1x1` for 1x1."""
+         convolution: Callable = conv_nhwc,
+         name: str | None = None) -> nn.Module:
+  """:class:`Conv` (symmetric integer padding), or :class:`Conv1x1` for 1x1.
+
+  ``convolution`` computes the KxK convolutions (:class:`Conv`).
+  """
   strides = strides[0] if isinstance(strides, (tuple, list)) else strides
   if tuple(kernel_size) == (1, 1):
     return Conv1x1(features, strides, use_bias, dtype, name=name)
   return Conv(features, tuple(kernel_size), strides, padding, kernel_dilation,
-              use_bias, dtype, kernel_grad, name=name)
+              use_bias, dtype, convolution, name=name)

@@ -11,95 +11,76 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
+from sst_jax.models import fast_paths
 from sst_jax.models import layers
 from sst_jax.models import resnet
+
+ModuleDef = Any
 
 
 class ConvBNReLU(nn.Module):
   features: int
   kernel: int = 1
   dtype: Any = jnp.float32
-  kernel_grad: str = 'xla'
+  conv: ModuleDef = layers.conv
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = layers.conv(self.features, (self.kernel, self.kernel),
-                    padding=self.kernel // 2, dtype=self.dtype,
-                    kernel_grad=self.kernel_grad, name='conv')(x)
+    x = self.conv(self.features, (self.kernel, self.kernel),
+                  padding=self.kernel // 2, dtype=self.dtype, name='conv')(x)
     x = resnet.norm_layer(train, self.dtype, 'bn')(x)
     return nn.relu(x)
 
 
-class UpsampledConcatConvBNReLU(nn.Module):
+class ConcatConvBNReLU(nn.Module):
   """``ConvBNReLU(features, 3)`` of a concatenation with upsampled inputs.
 
   ``inputs`` are concatenated in order after bilinearly resizing every one
-  but ``inputs[full_index]`` to its size. Same parameters and outputs as
-  that ConvBNReLU; the small inputs' share of the 3x3 convolution is
-  computed at their own size (``layers.UpsampledConcatConv``), so the
-  upsampled tensors are never materialized.
+  but ``inputs[full_index]`` to its size. ``concat_conv`` computes the
+  convolution (``layers.ResizeConcatConv`` literally, or
+  ``fast_paths.FactoredConcatConv``: the small inputs' share at their own
+  size): same parameters and outputs either way.
   """
   features: int
   full_index: int = 0
   dtype: Any = jnp.float32
-  kernel_grad: str = 'xla'
+  concat_conv: ModuleDef = layers.ResizeConcatConv
 
   @nn.compact
   def __call__(self, inputs, train: bool):
-    x = layers.UpsampledConcatConv(self.features, 3, 1, self.full_index,
-                                   dtype=self.dtype,
-                                   kernel_grad=self.kernel_grad,
-                                   name='conv')(inputs)
+    x = self.concat_conv(self.features, 3, 1, self.full_index,
+                         dtype=self.dtype, name='conv')(inputs)
     x = resnet.norm_layer(train, self.dtype, 'bn')(x)
     return nn.relu(x)
 
 
 class PyramidPooling(nn.Module):
-  """PSP context: pooled bins -> 1x1 conv -> upsample, concat, 3x3 conv.
-
-  ``factored`` (default) computes the pooled branches' part of the 3x3
-  convolution before upsampling them (:class:`UpsampledConcatConvBNReLU`);
-  the result and the parameters are those of the concatenation, which
-  ``factored=False`` builds literally.
-  """
+  """PSP context: pooled bins -> 1x1 conv -> upsample, concat, 3x3 conv."""
   features: int = 512
   bins: Sequence[int] = (1, 2, 3, 6)
   dtype: Any = jnp.float32
-  kernel_grad: str = 'xla'
-  factored: bool = True
+  concat_conv: ModuleDef = layers.ResizeConcatConv
 
   @nn.compact
   def __call__(self, x, train: bool):
-    size = x.shape[1:3]
     pooled = [
         ConvBNReLU(self.features, 1, self.dtype, name=f'stage{b}')(
             layers.adaptive_avg_pool(x, b), train) for b in self.bins
     ]
-    if self.factored:
-      return UpsampledConcatConvBNReLU(
-          self.features, 0, self.dtype, self.kernel_grad,
-          name='bottleneck')([x, *pooled], train)
-    x = jnp.concatenate([x] + [layers.resize_bilinear(y, size)
-                               for y in pooled], axis=-1)
-    return ConvBNReLU(self.features, 3, self.dtype, self.kernel_grad,
-                      name='bottleneck')(x, train)
+    return ConcatConvBNReLU(self.features, 0, self.dtype, self.concat_conv,
+                            name='bottleneck')([x, *pooled], train)
 
 
 class Decoder(nn.Module):
-  """Fuses the context with stride-4 features (CE2P/DeepLabv3+ decoder).
-
-  ``factored`` (default) computes the context's part of the first 3x3
-  fusion convolution at the context's resolution, before upsampling
-  (:class:`UpsampledConcatConvBNReLU`); ``factored=False`` upsamples and
-  concatenates literally. Same parameters and outputs.
-  """
+  """Fuses the context with stride-4 features (CE2P/DeepLabv3+ decoder)."""
   features: int = 256
   skip_features: int = 48
   dtype: Any = jnp.float32
-  kernel_grad: str = 'xla'
-  factored: bool = True
+  conv: ModuleDef = layers.conv
+  concat_conv: ModuleDef = layers.ResizeConcatConv
 
   @nn.compact
   def __call__(self, context, skip, train: bool):
@@ -107,16 +88,9 @@ class Decoder(nn.Module):
         context, train)
     skip = ConvBNReLU(self.skip_features, 1, self.dtype, name='skip')(
         skip, train)
-    if self.factored:
-      x = UpsampledConcatConvBNReLU(self.features, 1, self.dtype,
-                                    self.kernel_grad, name='fuse1')(
-                                        [context, skip], train)
-    else:
-      context = layers.resize_bilinear(context, skip.shape[1:3])
-      x = jnp.concatenate([context, skip], axis=-1)
-      x = ConvBNReLU(self.features, 3, self.dtype, self.kernel_grad,
-                     name='fuse1')(x, train)
-    return ConvBNReLU(self.features, 3, self.dtype, self.kernel_grad,
+    x = ConcatConvBNReLU(self.features, 1, self.dtype, self.concat_conv,
+                         name='fuse1')([context, skip], train)
+    return ConvBNReLU(self.features, 3, self.dtype, self.conv,
                       name='fuse2')(x, train), x
 
 
@@ -138,8 +112,8 @@ class EdgeBranch(nn.Module):
                        name='edge_head')(x), x
 
 
-class Parser(nn.Module):
-  """Multi-head human parser.
+class ParsingNetwork(nn.Module):
+  """Multi-head human parsing network.
 
   Attributes:
     num_classes: ``{domain_name: C}``, one head per domain, in config order.
@@ -151,19 +125,12 @@ class Parser(nn.Module):
       (SCHP's layout; no effect on parameter shapes).
     context_features, decoder_features: channel widths.
     psp_bins: PSP pooling grid sizes.
-    factored_convs: the 3x3 convolutions that read upsampled inputs (PSP
-      bottleneck, decoder ``fuse1``) mix those inputs' channels before
-      upsampling them: same parameters and outputs, far fewer FLOPs (see
-      :class:`PyramidPooling`, :class:`Decoder`).
     edge: add the CE2P edge branch (``aux['edge']`` logits).
     dtype: computation dtype; heads produce float32 logits.
-    conv_kernel_grad: how KxK convolutions compute their kernel gradient,
-      one of ``layers.KERNEL_GRAD_MODES`` (``'auto'``: matrix products per
-      kernel tap on CPU, XLA's convolution elsewhere). Same parameters and
-      outputs in every mode.
-    residual_relu: the backbone's ReLU after residual sums (``'select'``,
-      or ``'max'``: same function, but XLA:CPU then recomputes the residual
-      stream in every later block; :func:`layers.relu`).
+    implementations: what the convolutions and the backbone's residual
+      ReLUs run (``fast_paths.Implementations``): the same parameters and
+      outputs with any. The default is the plain forms; ``make_parser``
+      passes ``fast_paths.for_backend(jax.default_backend())``.
   """
   num_classes: dict[str, int]
   backbone: str = 'resnet18'
@@ -174,11 +141,9 @@ class Parser(nn.Module):
   context_features: int = 512
   decoder_features: int = 256
   psp_bins: Sequence[int] = (1, 2, 3, 6)
-  factored_convs: bool = True
   edge: bool = False
   dtype: Any = jnp.float32
-  conv_kernel_grad: str = 'auto'
-  residual_relu: str = 'select'
+  implementations: fast_paths.Implementations = fast_paths.Implementations()
 
   @nn.compact
   def __call__(self, image, train: bool = False, heads=None):
@@ -192,13 +157,13 @@ class Parser(nn.Module):
     Returns:
       ``(logits, aux)`` as described in the module docstring.
     """
-    grad = layers.resolve_kernel_grad(self.conv_kernel_grad)
+    impl = self.implementations
     feats = backbone_of(self, name='backbone')(image, train)
     context = PyramidPooling(self.context_features, self.psp_bins,
-                             self.dtype, grad, self.factored_convs,
+                             self.dtype, impl.concat_conv,
                              name='context')(feats['res5'], train)
     decoder, fuse1 = Decoder(self.decoder_features, dtype=self.dtype,
-                             kernel_grad=grad, factored=self.factored_convs,
+                             conv=impl.conv, concat_conv=impl.concat_conv,
                              name='decoder')(context, feats['res2'], train)
     aux = {'res2': feats['res2'], 'res5': feats['res5'], 'context': context,
            'decoder_fuse1': fuse1, 'decoder': decoder}
@@ -219,7 +184,7 @@ class Parser(nn.Module):
     return logits, aux
 
 
-def backbone_of(parser: Parser, name: str | None = None) -> resnet.ResNet:
+def backbone_of(parser: ParsingNetwork, name: str | None = None) -> resnet.ResNet:
   """The ResNet that ``parser`` runs, with the same settings.
 
   Its variables are ``variables['params']['backbone']`` and
@@ -228,7 +193,7 @@ def backbone_of(parser: Parser, name: str | None = None) -> resnet.ResNet:
   (``docs/reuse.md``).
 
   Args:
-    parser: a :class:`Parser`.
+    parser: a :class:`ParsingNetwork`.
     name: the submodule name (inside a compact method) or None.
 
   Returns:
@@ -238,24 +203,38 @@ def backbone_of(parser: Parser, name: str | None = None) -> resnet.ResNet:
       parser.backbone, width=parser.width,
       output_stride=parser.output_stride, deep_stem=parser.deep_stem,
       dilate_first_block=parser.dilate_first_block, dtype=parser.dtype,
-      conv_kernel_grad=layers.resolve_kernel_grad(parser.conv_kernel_grad),
-      residual_relu=parser.residual_relu, name=name)
+      conv=parser.implementations.conv,
+      residual_act=parser.implementations.residual_act, name=name)
 
 
 def make_parser(model_config, domain_names: Sequence[str],
-                num_classes: Sequence[int], dtype=jnp.float32) -> Parser:
-  """Builds the parser from a ``config.model`` ConfigDict."""
-  return Parser(
+                num_classes: Sequence[int], dtype=jnp.float32,
+                implementations: fast_paths.Implementations | None = None
+                ) -> ParsingNetwork:
+  """Builds the parser from a ``config.model`` ConfigDict.
+
+  Args:
+    model_config: ``config.model``.
+    domain_names: one head per name, in order.
+    num_classes: the heads' class counts.
+    dtype: the computation dtype.
+    implementations: what the parser runs; by default the speed paths of
+      the backend it is built on (``fast_paths.for_backend``).
+
+  Returns:
+    a :class:`ParsingNetwork`.
+  """
+  if implementations is None:
+    implementations = fast_paths.for_backend(jax.default_backend())
+  return ParsingNetwork(
       num_classes=dict(zip(domain_names, num_classes)),
       backbone=model_config.backbone, width=model_config.width,
       output_stride=model_config.output_stride,
       deep_stem=model_config.deep_stem,
-      dilate_first_block=model_config.get('dilate_first_block', False),
+      dilate_first_block=model_config.dilate_first_block,
       context_features=model_config.context_features,
       decoder_features=model_config.decoder_features,
       psp_bins=tuple(model_config.psp_bins),
-      factored_convs=model_config.get('factored_convs', True),
       edge=model_config.edge,
       dtype=dtype,
-      conv_kernel_grad=model_config.get('conv_kernel_grad', 'auto'),
-      residual_relu=model_config.get('residual_relu', 'select'))
+      implementations=implementations)

@@ -39,6 +39,7 @@ import numpy as np
 from flax import traverse_util
 
 from sst_jax import domains
+from sst_jax.models import fast_paths
 from sst_jax.models import resnet
 from sst_jax.models import schp
 
@@ -456,7 +457,7 @@ def resnet_name_fn(prefix: Optional[str] = 'backbone') -> NameFn:
 
   Args:
     prefix: ``/``-separated path of the ResNet inside the collections
-      (``'backbone'`` in ``Parser``; None or ``''`` for a bare ResNet).
+      (``'backbone'`` in ``ParsingNetwork``; None or ``''`` for a bare ResNet).
   """
   pre = _split_prefix(prefix)
 
@@ -694,6 +695,7 @@ def import_schp(
     *,
     dtype: Any = jnp.float32,
     weights_only: bool = True,
+    implementations: fast_paths.Implementations | None = None,
 ) -> tuple[schp.AugmentCE2P, dict[str, Any]]:
   """Builds an SCHP parser for ``domain`` from an SCHP checkpoint.
 
@@ -714,6 +716,8 @@ def import_schp(
       registered domain with the checkpoint's class count.
     dtype: computation dtype of the returned module.
     weights_only: passed to ``torch.load`` for ``.pth`` files.
+    implementations: what the module runs; by default the speed paths of
+      the backend it is built on (``fast_paths.for_backend``).
 
   Returns:
     ``(module, variables)`` with ``variables = {'params', 'batch_stats'}``.
@@ -732,8 +736,10 @@ def import_schp(
         f'SCHP checkpoint has {num_classes} classes (fushion.3.weight) but '
         f'domain {domain!r} has {dom.num_classes}; pick the checkpoint '
         'trained on that dataset')
+  if implementations is None:
+    implementations = fast_paths.for_backend(jax.default_backend())
   module = schp.AugmentCE2P(num_classes={domain: num_classes}, dtype=dtype,
-                            **config)
+                            implementations=implementations, **config)
   target = abstract_variables(module)
   variables, report = import_state_dict(
       state_dict, target, schp_name_fn(len(config['psp_bins'])),

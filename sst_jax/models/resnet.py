@@ -7,9 +7,10 @@ Parameter names follow torchvision (``conv1``, ``bn1``, ``layer1_0`` ...,
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from sst_jax.models import layers
@@ -40,7 +41,7 @@ class BasicBlock(nn.Module):
   dilation: int = 1
   conv: ModuleDef = nn.Conv
   dtype: Any = jnp.float32
-  residual_relu: str = 'select'
+  residual_act: Callable = jax.nn.relu
   expansion = 1
 
   @nn.compact
@@ -56,7 +57,7 @@ class BasicBlock(nn.Module):
       x = self.conv(self.features, (1, 1), self.strides,
                     name='downsample_conv')(x)
       x = norm_layer(train, self.dtype, 'downsample_bn')(x)
-    return layers.residual_relu(self.residual_relu)(x + y)
+    return self.residual_act(x + y)
 
 
 class Bottleneck(nn.Module):
@@ -66,7 +67,7 @@ class Bottleneck(nn.Module):
   dilation: int = 1
   conv: ModuleDef = nn.Conv
   dtype: Any = jnp.float32
-  residual_relu: str = 'select'
+  residual_act: Callable = jax.nn.relu
   expansion = 4
 
   @nn.compact
@@ -83,7 +84,7 @@ class Bottleneck(nn.Module):
     if x.shape[-1] != out or self.strides != 1:
       x = self.conv(out, (1, 1), self.strides, name='downsample_conv')(x)
       x = norm_layer(train, self.dtype, 'downsample_bn')(x)
-    return layers.residual_relu(self.residual_relu)(x + y)
+    return self.residual_act(x + y)
 
 
 def stage_strides(output_stride: int) -> tuple[tuple[int, int], ...]:
@@ -111,11 +112,10 @@ class ResNet(nn.Module):
     dilate_first_block: if True, the first block of a dilated stage uses the
       stage's full dilation too (SCHP/PSPNet ``multi_grid=(1, 1, 1)``
       layout); the default keeps the torchvision/DeepLab convention.
-    conv_kernel_grad: how KxK convolutions compute their kernel gradient
-      (``layers.KERNEL_GRAD_MODES``); no effect on parameters or outputs.
-    residual_relu: the ReLU after each residual sum, ``'select'`` or
-      ``'max'`` (:func:`sst_jax.models.layers.residual_relu`); no effect on
-      parameters or outputs.
+    conv: builds the convolutions, with ``layers.conv``'s arguments
+      (``layers.conv`` or ``fast_paths.conv``: same parameters and outputs).
+    residual_act: the ReLU after each residual sum (``jax.nn.relu``, or
+      ``fast_paths.relu_as_select``: the same function).
   """
   stage_sizes: Sequence[int]
   block: str = 'basic'
@@ -124,13 +124,12 @@ class ResNet(nn.Module):
   deep_stem: bool = False
   dtype: Any = jnp.float32
   dilate_first_block: bool = False
-  conv_kernel_grad: str = 'xla'
-  residual_relu: str = 'select'
+  conv: ModuleDef = layers.conv
+  residual_act: Callable = jax.nn.relu
 
   @nn.compact
   def __call__(self, x, train: bool = False) -> dict[str, jnp.ndarray]:
-    conv = functools.partial(layers.conv, use_bias=False, dtype=self.dtype,
-                             kernel_grad=self.conv_kernel_grad)
+    conv = functools.partial(self.conv, use_bias=False, dtype=self.dtype)
     block_cls = BasicBlock if self.block == 'basic' else Bottleneck
     x = x.astype(self.dtype)
     if self.deep_stem:
@@ -153,7 +152,7 @@ class ResNet(nn.Module):
         d = max(dilation // 2, 1) if first else dilation
         x = block_cls(self.width * 2**i, strides=stride if j == 0 else 1,
                       dilation=d, conv=conv, dtype=self.dtype,
-                      residual_relu=self.residual_relu,
+                      residual_act=self.residual_act,
                       name=f'layer{i + 1}_{j}')(x, train)
       feats[f'res{i + 2}'] = x
     return feats

@@ -26,8 +26,8 @@ InPlace-ABN scales by ``|weight| + eps``; here each is a plain Flax BatchNorm
 uses ``align_corners=True``.
 
 The module returns ``(logits, aux)`` in the convention of
-``sst_jax.models.parser.Parser``: ``logits = {domain: fusion_logits}`` at
-stride 4 in float32.
+``sst_jax.models.parser.ParsingNetwork``: ``logits = {domain:
+fusion_logits}`` at stride 4 in float32.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from sst_jax.models import fast_paths
 from sst_jax.models import layers
 from sst_jax.models import resnet
 
@@ -145,6 +146,12 @@ class AugmentCE2P(nn.Module):
     dropout: channel dropout before the fusion classifier (``Dropout2d``);
       ``train=True`` then needs a ``'dropout'`` rng.
     dtype: computation dtype; logits are returned in float32.
+    implementations: what the backbone's convolutions and residual ReLUs
+      run (``fast_paths.Implementations``; its ``concat_conv`` is unused:
+      the heads mirror SCHP's layers as written). Same parameters and
+      outputs with any; the default is the plain forms, and
+      ``pretrained.import_schp`` passes the backend's
+      (``fast_paths.for_backend``).
   """
   num_classes: dict[str, int]
   backbone: str = 'resnet101'
@@ -157,6 +164,7 @@ class AugmentCE2P(nn.Module):
   psp_bins: Sequence[int] = (1, 2, 3, 6)
   dropout: float = 0.1
   dtype: Any = jnp.float32
+  implementations: fast_paths.Implementations = fast_paths.Implementations()
 
   @nn.compact
   def __call__(self, image, train: bool = False, heads=None):
@@ -166,8 +174,8 @@ class AugmentCE2P(nn.Module):
       image: ``[B, H, W, 3]`` image preprocessed as SCHP expects (BGR order,
         see ``pretrained.SCHP_PREPROCESSING``).
       train: BatchNorm in training mode and dropout active.
-      heads: accepted for interface compatibility with ``Parser``; the single
-        domain is always computed.
+      heads: accepted for interface compatibility with
+        ``ParsingNetwork``; the single domain is always computed.
 
     Returns:
       ``(logits, aux)``: ``logits[domain]`` is the fusion result
@@ -185,7 +193,9 @@ class AugmentCE2P(nn.Module):
     (domain, num_classes), = self.num_classes.items()
     feats = resnet.make_resnet(
         self.backbone, width=self.width, output_stride=16, deep_stem=True,
-        dilate_first_block=True, dtype=self.dtype, name='backbone')(
+        dilate_first_block=True, dtype=self.dtype,
+        conv=self.implementations.conv,
+        residual_act=self.implementations.residual_act, name='backbone')(
             image, train)
     context = PSPModule(self.context_features, self.psp_bins, self.dtype,
                         name='context_encoding')(feats['res5'], train)

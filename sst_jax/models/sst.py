@@ -329,10 +329,12 @@ class SST(nn.Module):
 
   # Cross-domain matrices --------------------------------------------------------
 
-  def cross(self, s, present):
-    """``[M_0, M_1, M_2, M_3]``, each ``[K, K, C, C]`` (``M[k, j] = M(k<-j)``)."""
-    x0 = jnp.stack([self._pad_rows(self.embeddings[n])
-                    for n in self.domain_names])
+  def cross(self, x0, s, present):
+    """``[M_0, M_1, M_2, M_3]``, each ``[K, K, C, C]`` (``M[k, j] = M(k<-j)``).
+
+    ``M_0`` from the embeddings ``x0`` (static), ``M_t`` from ``S_t``
+    (dynamic).
+    """
     mats = [cross_matrices(x0, self.class_mask(), self.cross_temperature)]
     for s_t, p_t in zip(s, present):
       mats.append(cross_matrices(s_t, p_t, self.cross_temperature))
@@ -351,23 +353,42 @@ class SST(nn.Module):
 
   # Losses ----------------------------------------------------------------------
 
-  def __call__(self, logits, aux, label, domain, train: bool = True,
-               ramp=1.0):
-    """SST losses ``(total, metrics)``; ``logits`` and ``ramp`` are unused.
+  def node_sets(self, aux, label, domain, train: bool = False) -> dict:
+    """MSA and MSE of one batch: everything MST and ``L_mse`` read.
 
-    (The signature is the training step's for every SST variant.)
+    Returns:
+      ``{'s': [S_1..S_3], 'present': [..], 'nodes': [X_0..X_3], 'gt': the
+      finest tap's class masks, 'in_step': [K] domains in the batch}``.
     """
-    del logits, ramp
-    w = dict(self.weights or {})
     s, present, gt = self.aggregate(aux, label, domain)
     a_hat = self.intra_matrices(gt, domain, train)
-    nodes = self.enhance(s, present, a_hat)
+    k = len(self.domain_names)
+    return {'s': s, 'present': present,
+            'nodes': self.enhance(s, present, a_hat), 'gt': gt,
+            'in_step': jnp.any(jax.nn.one_hot(domain, k, dtype=bool), axis=0)}
+
+  def __call__(self, aux, label, domain, train: bool = True,
+               source: dict | None = None):
+    """SST losses ``(total, metrics)``.
+
+    Args:
+      aux: the parser's features (``taps``).
+      label: ``[B, H, W]`` ground truth; ``domain``: ``[B]``.
+      train: update the adjacency statistics.
+      source: dedicated parsing: the frozen source's :meth:`node_sets` on
+        the batch's source rows (``aux``, ``label``, ``domain`` are then the
+        target rows). MST then relates the target's node sets to the
+        source's, in both directions, and the source's are constants.
+    """
+    w = dict(self.weights or {})
+    own = self.node_sets(aux, label, domain, train)
     k = len(self.domain_names)
     terms = {}
     if self.use_mse:
       # X_3^(k) (x) F^(k): each pixel's cosine to its own domain's nodes.
+      gt = own['gt']
       f = self.feature_proj(aux[self.taps[-1]].astype(jnp.float32))
-      x3 = nodes[-1][domain]                                       # [B, C, D]
+      x3 = own['nodes'][-1][domain]                                # [B, C, D]
       sim = cosine(f.reshape(f.shape[0], -1, self.dim), x3).reshape(
           f.shape[:3] + (self.c_max,)) / self.temperature
       sim = jnp.where(self.class_mask()[domain][:, None, None, :], sim,
@@ -376,11 +397,17 @@ class SST(nn.Module):
       terms['mse'] = -jnp.sum(gt * jax.nn.log_softmax(sim, axis=-1)) / (
           jnp.maximum(jnp.sum(coverage), 1e-6))
     if self.use_mst and k > 1:
-      in_step = jnp.any(jax.nn.one_hot(domain, k, dtype=bool), axis=0)
-      pairs = in_step[:, None] & in_step[None, :] & ~jnp.eye(k, dtype=bool)
-      rows = [self.class_mask()] + present
+      if source is None:
+        sets = own
+        pairs = own['in_step'][:, None] & own['in_step'][None, :]
+      else:
+        sets, pairs = self._with_source(own, source)
+      pairs = pairs & ~jnp.eye(k, dtype=bool)
+      rows = [self.class_mask()] + sets['present']
       sm = []
-      for x_t, m_t, rows_t in zip(nodes, self.cross(s, present), rows):
+      for x_t, m_t, rows_t in zip(sets['nodes'],
+                                  self.cross(sets['nodes'][0], sets['s'],
+                                             sets['present']), rows):
         dist = mapping_distances(x_t, m_t,
                                  self.mst_stop_gradient == 'mapped')
         sm.append(masked_mean(dist, pairs[:, :, None] & rows_t[:, None, :]))
@@ -393,10 +420,29 @@ class SST(nn.Module):
       total = total + w.get(key, 0.0) * value
     return total, metrics
 
+  def _with_source(self, own: dict, source: dict):
+    """Target domains' sets from ``own``, the others' from ``source``.
+
+    Returns the combined sets and the ``[K, K]`` pairs MST relates: every
+    pair of a target domain (in ``own``'s batch) and a source domain (in
+    the source rows), both ways.
+    """
+    source = jax.lax.stop_gradient(
+        {key: source[key] for key in ('s', 'present', 'nodes', 'in_step')})
+    mine = own['in_step']
+
+    def pick(a, b):
+      return jnp.where(mine.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
+
+    sets = {key: [pick(a, b) for a, b in zip(own[key], source[key])]
+            for key in ('s', 'present', 'nodes')}
+    theirs = source['in_step'] & ~mine
+    pairs = (mine[:, None] & theirs[None, :]) | (theirs[:, None] & mine[None, :])
+    return sets, pairs
+
 
 # The parser features (``aux``) that can serve as taps.
 TAPS = ('res2', 'res5', 'context', 'decoder_fuse1', 'decoder')
-VARIANTS = ('drawn', 'first')
 
 
 def make_sst(config, domains):
@@ -404,12 +450,6 @@ def make_sst(config, domains):
   cfg = config.sst
   if not cfg.enabled:
     return None
-  if cfg.variant not in VARIANTS:
-    raise ValueError(f'config.sst.variant must be one of {VARIANTS}, got '
-                     f'{cfg.variant!r}')
-  if cfg.variant == 'first':
-    from sst_jax.models import sst_first  # pylint: disable=g-import-not-at-top
-    return sst_first.make_sst(config, domains)
   unknown = [t for t in cfg.taps if t not in TAPS]
   if unknown or len(cfg.taps) != 3:
     raise ValueError(f'config.sst.taps must be three features of the parser '
@@ -435,10 +475,10 @@ def make_sst(config, domains):
 def associations_fn(sst_model):
   """Jitted ``(sst_params, sst_memory) -> {(k, j): [C_k, C_j]}``, or None.
 
-  The learned cross-domain associations of either variant; None when the
-  model has no cross-domain branch.
+  The learned static cross-domain matrices; None without MST or with one
+  domain.
   """
-  if not sst_model.use_mst:
+  if not sst_model.use_mst or len(sst_model.domain_names) < 2:
     return None
   return jax.jit(lambda params, memory: sst_model.apply(
       {'params': params, 'sst_memory': memory},

@@ -1,0 +1,63 @@
+"""What a config builds: the parser, the SST module and their first state.
+
+Training (``train.py``), the benchmarks and the tests build their models
+here, from a config checked by ``config_lib.validate_config``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from sst_jax import steps
+from sst_jax.models import parser as parser_lib
+from sst_jax.models import sst as sst_lib
+
+
+def compute_dtype(config):
+  if config.dtype not in ('float32', 'bfloat16'):
+    raise ValueError(f"config.dtype must be 'float32' or 'bfloat16', got "
+                     f'{config.dtype!r}')
+  return jnp.bfloat16 if config.dtype == 'bfloat16' else jnp.float32
+
+
+def build_models(config, domains, implementations=None):
+  """The parser and (when enabled) the training-only SST module.
+
+  ``implementations`` (``fast_paths.Implementations``) is what the parser
+  runs; by default the backend's speed paths (``parser.make_parser``).
+  """
+  model = parser_lib.make_parser(config.model, [d.name for d in domains],
+                                 [d.num_classes for d in domains],
+                                 compute_dtype(config), implementations)
+  sst_model = sst_lib.make_sst(config, domains)
+  return model, sst_model
+
+
+def init_train_state(rng, *, model, sst_model, tx, image_size: int,
+                     frozen_source: bool = False):
+  """Fresh parameters and optimizer state (jit this with out_shardings).
+
+  ``frozen_source`` adds ``model_state['frozen']``, a copy of the parameters
+  and state that dedicated training keeps fixed
+  (``config_lib.dedicated_source``); training replaces it with the source
+  model's (``train.load_init_from``).
+  """
+  r_parser, r_sst = jax.random.split(rng)
+  image = jnp.zeros((2, image_size, image_size, 3), jnp.float32)
+  variables = model.init(r_parser, image, train=False)
+  params = {'parser': variables['params']}
+  model_state = {'batch_stats': variables['batch_stats']}
+  if sst_model is not None:
+    _, aux = model.apply(variables, image, train=False)
+    label = jnp.zeros((2, image_size, image_size), jnp.int32)
+    sst_vars = sst_model.init(r_sst, aux, label, jnp.zeros((2,), jnp.int32),
+                              train=False)
+    params['sst'] = sst_vars['params']
+    # Empty for modules that keep no statistics (e.g. sst.intra='learned').
+    model_state['sst_memory'] = sst_vars.get('sst_memory', {})
+  if frozen_source:
+    model_state['frozen'] = jax.tree.map(
+        jnp.copy, {'params': params, 'model_state': dict(model_state)})
+  return steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          model_state=model_state, opt_state=tx.init(params))
