@@ -33,6 +33,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from sst_jax import domains as domains_lib
 from sst_jax import export as export_lib
 from sst_jax import interpolation
+from sst_jax import recipe
 from sst_jax import steps
 from sst_jax.data import transforms
 from sst_jax.models import layers
@@ -353,7 +354,8 @@ class Parser:
     if not domain:
       raise ValueError(f'{path}: an SCHP checkpoint needs its domain '
                        "(domain='lip', 'atr' or 'pascal_person_part')")
-    module, variables = pretrained.import_schp(path, domain)
+    module, variables = pretrained.import_schp(
+        path, domain, implementations=recipe.speed_paths())
     size = input_size or pretrained.SCHP_PREPROCESSING.input_sizes.get(
         domain, (473, 473))[0]
     return cls(module, variables, [domains_lib.get_domain(domain)],

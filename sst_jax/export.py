@@ -70,6 +70,7 @@ import sst_jax
 from sst_jax import checkpointing
 from sst_jax import config_lib
 from sst_jax import domains as domains_lib
+from sst_jax import recipe
 from sst_jax import steps
 from sst_jax.data import transforms
 from sst_jax.models import parser as parser_lib
@@ -158,7 +159,8 @@ def build_parser(metadata: dict,
   model = {**config_lib.base_config().model.to_dict(), **metadata['model']}
   return parser_lib.make_parser(
       ml_collections.ConfigDict(model), list(heads),
-      [len(by_name[h]['classes']) for h in heads], dtype)
+      [len(by_name[h]['classes']) for h in heads], dtype,
+      recipe.speed_paths())
 
 
 def input_size_of(metadata: dict) -> int:

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from sst_jax import steps
+from sst_jax.models import fast_paths
 from sst_jax.models import parser as parser_lib
 from sst_jax.models import sst as sst_lib
 
@@ -21,15 +22,25 @@ def compute_dtype(config):
   return jnp.bfloat16 if config.dtype == 'bfloat16' else jnp.float32
 
 
+def speed_paths():
+  """The parser's implementations for the backend JAX runs on.
+
+  Asked once, where an entry point builds its model; the modules under
+  ``sst_jax/models`` never ask for the backend.
+  """
+  return fast_paths.for_backend(jax.default_backend())
+
+
 def build_models(config, domains, implementations=None):
   """The parser and (when enabled) the training-only SST module.
 
   ``implementations`` (``fast_paths.Implementations``) is what the parser
-  runs; by default the backend's speed paths (``parser.make_parser``).
+  runs; by default the backend's speed paths (:func:`speed_paths`).
   """
   model = parser_lib.make_parser(config.model, [d.name for d in domains],
                                  [d.num_classes for d in domains],
-                                 compute_dtype(config), implementations)
+                                 compute_dtype(config),
+                                 implementations or speed_paths())
   sst_model = sst_lib.make_sst(config, domains)
   return model, sst_model
 

@@ -112,7 +112,8 @@ def test_exported_forward_has_baseline_flops(universal):
   exported = _flops(lambda v, x: module.apply(v, x)[0], variables, x)
   heads = [d.name for d in universal['domains']]
   fresh = parser_lib.make_parser(universal['config'].model, heads,
-                                 [d.num_classes for d in universal['domains']])
+                                 [d.num_classes for d in universal['domains']],
+                                 implementations=recipe.speed_paths())
   fresh_vars = jax.eval_shape(lambda x: fresh.init(jax.random.key(1), x), x)
   baseline = _flops(lambda v, x: fresh.apply(v, x)[0], fresh_vars, x)
   # The training forward with the SST modules costs more, so equality above

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from sst_jax import config_lib
+from sst_jax import recipe
 from sst_jax.models import fast_paths
 from sst_jax.models import layers
 from sst_jax.models import parser as parser_lib
@@ -61,7 +62,8 @@ def test_the_backend_is_asked_once_where_the_model_is_built(monkeypatch):
   config.model.width = 8
   config.model.context_features = 16
   config.model.decoder_features = 16
-  model = parser_lib.make_parser(config.model, ['a'], [3])
+  model = parser_lib.make_parser(config.model, ['a'], [3],
+                                 implementations=recipe.speed_paths())
   assert len(asked) == 1
   assert model.implementations == fast_paths.for_backend(default_backend())
   explicit = parser_lib.make_parser(config.model, ['a'], [3],
@@ -332,3 +334,21 @@ def test_resnet_fusions_do_not_grow_with_depth(train):
     largest.append(_largest_fusion(
         jax.jit(fn).lower(variables['params']).compile()))
   assert largest[1] <= largest[0] + 10, largest
+
+
+def test_no_model_module_asks_for_the_backend():
+  """The backend is chosen by the entry points (recipe.speed_paths)."""
+  import ast  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  models_dir = pathlib.Path(parser_lib.__file__).parent
+  calls = []
+  for path in sorted(models_dir.glob('*.py')):
+    for node in ast.walk(ast.parse(path.read_text())):
+      if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+          and node.func.attr == 'default_backend'):
+        calls.append(f'{path.name}:{node.lineno}')
+  assert not calls, calls
+  # ... and the check would see one.
+  tree = ast.parse('jax.default_backend()')
+  assert any(isinstance(n, ast.Call) and n.func.attr == 'default_backend'
+             for n in ast.walk(tree) if isinstance(n, ast.Call))

@@ -12,10 +12,9 @@ and run with ``init``/``apply`` (collections ``params`` and
     schp = models.AugmentCE2P(num_classes={'lip': 20})
     sst = models.SST(domain_names=('lip', 'atr'), num_classes=(20, 18))
 
-Built so, they run the plain forms of the speed paths; ``make_parser`` (and
-``models.ParsingNetwork(..., implementations=models.fast_paths.for_backend(
-jax.default_backend()))``) runs the backend's, with the same parameters and
-outputs (``fast_paths``).
+Built so, they run the plain forms of the speed paths; ``make_parser(...,
+implementations=sst_jax.recipe.speed_paths())`` runs the backend's, with
+the same parameters and outputs (``fast_paths``).
 
 ``docs/reuse.md`` shows the parser and its backbone inside another Flax
 module, trained weights from a workdir or an export, and Flax NNX.

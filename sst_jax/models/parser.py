@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from sst_jax.models import fast_paths
@@ -129,8 +128,8 @@ class ParsingNetwork(nn.Module):
     dtype: computation dtype; heads produce float32 logits.
     implementations: what the convolutions and the backbone's residual
       ReLUs run (``fast_paths.Implementations``): the same parameters and
-      outputs with any. The default is the plain forms; ``make_parser``
-      passes ``fast_paths.for_backend(jax.default_backend())``.
+      outputs with any. The default is the plain forms; the entry points
+      pass the backend's (``recipe.speed_paths()``).
   """
   num_classes: dict[str, int]
   backbone: str = 'resnet18'
@@ -218,14 +217,15 @@ def make_parser(model_config, domain_names: Sequence[str],
     domain_names: one head per name, in order.
     num_classes: the heads' class counts.
     dtype: the computation dtype.
-    implementations: what the parser runs; by default the speed paths of
-      the backend it is built on (``fast_paths.for_backend``).
+    implementations: what the parser runs (``fast_paths``); None: the
+      plain forms. Entry points pass the backend's speed paths
+      (``recipe.speed_paths()``).
 
   Returns:
     a :class:`ParsingNetwork`.
   """
   if implementations is None:
-    implementations = fast_paths.for_backend(jax.default_backend())
+    implementations = fast_paths.Implementations()
   return ParsingNetwork(
       num_classes=dict(zip(domain_names, num_classes)),
       backbone=model_config.backbone, width=model_config.width,

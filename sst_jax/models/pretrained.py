@@ -737,7 +737,7 @@ def import_schp(
         f'domain {domain!r} has {dom.num_classes}; pick the checkpoint '
         'trained on that dataset')
   if implementations is None:
-    implementations = fast_paths.for_backend(jax.default_backend())
+    implementations = fast_paths.Implementations()
   module = schp.AugmentCE2P(num_classes={domain: num_classes}, dtype=dtype,
                             implementations=implementations, **config)
   target = abstract_variables(module)
