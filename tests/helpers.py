@@ -95,3 +95,17 @@ def interrupt_training_after(monkeypatch, batches: int):
     return Wrapped()
 
   monkeypatch.setattr(pipeline, 'train_iterator', interrupting)
+
+
+def tiny_config(arg='baseline', **overrides):
+  """``configs/tiny.py:<arg>`` with dotted-key overrides (``'sst.dim'=8``)."""
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  config = tiny.get_config(arg)
+  with config.unlocked():
+    for key, value in overrides.items():
+      node = config
+      *path, leaf = key.split('.')
+      for p in path:
+        node = node[p]
+      node[leaf] = value
+  return config

@@ -5,7 +5,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import tiny
 import helpers
 from sst_jax import checkpointing
 from sst_jax import config_lib
@@ -15,26 +14,18 @@ from sst_jax import steps
 from sst_jax import train
 
 
-def _quick(config, **overrides):
-  with config.unlocked():
-    config.eval_every = 0
-    config.eval.num_vis = 0
-    config.data.max_eval_examples = 8
-    config.async_checkpoints = False
-    for key, value in overrides.items():
-      node = config
-      *parents, leaf = key.split('.')
-      for p in parents:
-        node = node[p]
-      node[leaf] = value
-  return config
+def _quick(arg, **overrides):
+  """A tiny run that evaluates only at its end, on 8 images, synchronously."""
+  return helpers.tiny_config(arg, **{
+      'eval_every': 0, 'eval.num_vis': 0, 'data.max_eval_examples': 8,
+      'async_checkpoints': False, **overrides})
 
 
 @pytest.fixture(scope='module')
 def source(tmp_path_factory):
   """A source model trained on synthetic_cihp only (2 steps)."""
   workdir = str(tmp_path_factory.mktemp('source'))
-  config = _quick(tiny.get_config('sst,domains=cihp'), total_steps=2,
+  config = _quick('sst,domains=cihp', total_steps=2,
                   checkpoint_every=2)
   train.train_and_evaluate(config, workdir)
   raw = checkpointing.restore(checkpointing.make_manager(workdir), 2)['state']
@@ -42,7 +33,7 @@ def source(tmp_path_factory):
 
 
 def _dedicated(source_dir, **overrides):
-  return _quick(tiny.get_config('dedicated'), init_from=source_dir,
+  return _quick('dedicated', init_from=source_dir,
                 **{'sst.dedicated_aux_batch': 8, **overrides})
 
 
@@ -158,7 +149,7 @@ def test_dedicated_settings_are_checked(source):
   config = _dedicated(source[0], **{'sst.dedicated_aux_batch': 0})
   with pytest.raises(ValueError, match='dedicated_aux_batch'):
     config_lib.validate_config(config)
-  plain = _quick(tiny.get_config('finetune'), init_from=source[0])
+  plain = _quick('finetune', init_from=source[0])
   config_lib.validate_config(plain)
   assert not config_lib.dedicated_source(plain)
   assert config_lib.batch_groups(plain, {'synthetic_cihp': 0.0}) == [

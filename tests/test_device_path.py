@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import tiny
+import helpers
 from sst_jax import config_lib
 from sst_jax import optim
 from sst_jax import parallel
@@ -31,18 +31,6 @@ from sst_jax import steps
 from sst_jax import train
 from sst_jax.data import pipeline
 from sst_jax.data import transforms
-
-
-def tiny_config(arg='baseline', **overrides):
-  config = tiny.get_config(arg)
-  with config.unlocked():
-    for key, value in overrides.items():
-      node = config
-      *path, leaf = key.split('.')
-      for p in path:
-        node = node[p]
-      node[leaf] = value
-  return config
 
 
 def setup(config):
@@ -71,7 +59,7 @@ def host_normalized(image):
 
 
 def test_uint8_batches_train_and_evaluate_as_host_normalized_float32():
-  config = tiny_config()
+  config = helpers.tiny_config()
   names, model, state, step = setup(config)
   batch = pipeline.train_dataset(names, config.data, 8, seed=0)[0]
   assert batch['image'].dtype == np.uint8
@@ -112,7 +100,7 @@ def test_uint8_batches_train_and_evaluate_as_host_normalized_float32():
 
 
 def test_uint8_canvas_is_a_quarter_of_the_float32_bytes():
-  config = tiny_config()
+  config = helpers.tiny_config()
   spec = pipeline.train_batch_spec(config.data, 8)
   shape, dtype = spec['image']
   assert np.prod(shape) * np.dtype(dtype).itemsize * 4 == (
@@ -123,7 +111,7 @@ def test_uint8_canvas_is_a_quarter_of_the_float32_bytes():
 
 
 def test_device_prefetcher_places_ahead_and_keeps_the_consumed_state():
-  config = tiny_config()
+  config = helpers.tiny_config()
   names = list(config.domains)
   mesh = parallel.make_mesh(2)
   dataset = pipeline.train_dataset(names, config.data, 8, seed=0)
@@ -182,7 +170,7 @@ def device_to_host_guard_on_cpu():
 
 
 def test_train_loop_makes_only_the_placement_and_metrics_transfers(tmp_path):
-  config = tiny_config(total_steps=4, log_every=2, checkpoint_every=4,
+  config = helpers.tiny_config(total_steps=4, log_every=2, checkpoint_every=4,
                        eval_every=0, async_checkpoints=False)
   assert config.transfer_guard == 'disallow'  # the default
   with device_to_host_guard_on_cpu() as fetches:
@@ -207,7 +195,7 @@ def test_train_loop_makes_only_the_placement_and_metrics_transfers(tmp_path):
 
 
 def test_the_train_step_donates_the_state():
-  config = tiny_config()
+  config = helpers.tiny_config()
   mesh = parallel.make_mesh(2)
   domains = config_lib.validate_config(config)
   names = [d.name for d in domains]
@@ -231,7 +219,7 @@ def test_the_train_step_donates_the_state():
 
 
 def test_worker_processes_give_the_batches_of_threads_from_any_step():
-  config = tiny_config()
+  config = helpers.tiny_config()
   names = list(config.domains)
   dataset = pipeline.train_dataset(names, config.data, 8, seed=0)
 
@@ -312,7 +300,7 @@ def reductions(jaxpr) -> collections.Counter:
 
 
 def test_bfloat16_computes_in_bfloat16_and_keeps_float32_state():
-  config = tiny_config(dtype='bfloat16')
+  config = helpers.tiny_config(dtype='bfloat16')
   domains = config_lib.validate_config(config)
   names = [d.name for d in domains]
   model, sst_model = recipe.build_models(config, domains)
@@ -352,7 +340,7 @@ def test_bfloat16_training_tracks_the_float32_loss():
   """
   losses = {}
   for dtype in ('float32', 'bfloat16'):
-    config = tiny_config(dtype=dtype, total_steps=12)
+    config = helpers.tiny_config(dtype=dtype, total_steps=12)
     names, _, state, step = setup(config)
     dataset = pipeline.train_dataset(names, config.data, 8, seed=0)
     losses[dtype] = []

@@ -11,7 +11,6 @@ import jax
 import numpy as np
 import pytest
 
-from configs import tiny
 import helpers
 from sst_jax import checkpointing
 from sst_jax import config_lib
@@ -44,18 +43,6 @@ def recorded_compilations():
     jax.monitoring.unregister_event_duration_listener(listener)
 
 
-def tiny_config(arg='baseline', **overrides):
-  config = tiny.get_config(arg)
-  with config.unlocked():
-    for key, value in overrides.items():
-      node = config
-      *path, leaf = key.split('.')
-      for p in path:
-        node = node[p]
-      node[leaf] = value
-  return config
-
-
 def replicated_setup(config, mesh):
   """Domains, models, optimizer and a jit-initialized state replicated on mesh."""
   domains = config_lib.validate_config(config)
@@ -85,7 +72,7 @@ def assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
 
 def tiny_setup(arg='sst'):
   """A tiny config, its domain names, models, optimizer and state."""
-  config = tiny_config(arg)
+  config = helpers.tiny_config(arg)
   domains = config_lib.validate_config(config)
   model, sst_model = recipe.build_models(config, domains)
   tx = optim.make_optimizer(config.optim, config.total_steps)
@@ -95,7 +82,7 @@ def tiny_setup(arg='sst'):
 
 
 def test_cheaply_compiled_initialization_is_bitwise_the_default():
-  config = tiny_config('sst')
+  config = helpers.tiny_config('sst')
   domains = config_lib.validate_config(config)
   model, sst_model = recipe.build_models(config, domains)
   tx = optim.make_optimizer(config.optim, config.total_steps)
@@ -154,7 +141,7 @@ def test_initial_state_is_computed_ahead_from_its_arguments(monkeypatch):
   Everything it needs comes as arguments (nothing is read from names the
   caller rebinds meanwhile), so frequent thread switches change nothing.
   """
-  config = tiny_config('sst')
+  config = helpers.tiny_config('sst')
   domains = config_lib.validate_config(config)
   model, sst_model = recipe.build_models(config, domains)
   tx = optim.make_optimizer(config.optim, config.total_steps)
@@ -244,7 +231,7 @@ class Interrupt(Exception):
 
 def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path,
                                                            monkeypatch):
-  config = tiny_config(total_steps=6, checkpoint_every=3, eval_every=0,
+  config = helpers.tiny_config(total_steps=6, checkpoint_every=3, eval_every=0,
                        async_checkpoints=False)
   full = str(tmp_path / 'full')
   train.train_and_evaluate(config, full)
@@ -264,7 +251,7 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path,
 
 def test_end_to_end_outputs_and_mismatch_refusal(tmp_path):
   workdir = str(tmp_path / 'run')
-  config = tiny_config('sst', total_steps=4, checkpoint_every=2, eval_every=4)
+  config = helpers.tiny_config('sst', total_steps=4, checkpoint_every=2, eval_every=4)
   results = train.train_and_evaluate(config, workdir)
   assert set(results) == {'synthetic_pascal', 'synthetic_cihp'}
   records = [json.loads(l) for l in open(os.path.join(workdir,
@@ -291,7 +278,7 @@ def test_end_to_end_outputs_and_mismatch_refusal(tmp_path):
     checkpointing.check_domains(meta, config_lib.validate_config(config), workdir)
 
   # Through the real entry point: a config whose domains differ is refused.
-  other = tiny_config('sst', total_steps=6)
+  other = helpers.tiny_config('sst', total_steps=6)
   with other.unlocked():
     other.domains = ['synthetic_pascal', 'synthetic_lip']
   with pytest.raises(checkpointing.CheckpointMismatchError,
@@ -309,7 +296,7 @@ def test_end_to_end_outputs_and_mismatch_refusal(tmp_path):
 def test_init_backbone_from_imagenet_weights(tmp_path):
   """``config.init.backbone`` loads torchvision-layout weights before step 1."""
   from sst_jax.models import pretrained
-  config = tiny_config(total_steps=1, eval_every=0, checkpoint_every=1)
+  config = helpers.tiny_config(total_steps=1, eval_every=0, checkpoint_every=1)
   with config.unlocked():
     config.optim.lr = 0.0          # the step must not move the parameters
     config.optim.weight_decay = 0.0
@@ -339,7 +326,7 @@ def test_init_backbone_from_imagenet_weights(tmp_path):
 def test_dedicated_aux_rows_join_every_target_batch(tmp_path, monkeypatch):
   # (Without SST: with it, the aux rows go to a frozen source model,
   # tests/test_dedicated.py.)
-  config = tiny_config('dedicated', total_steps=2, checkpoint_every=2,
+  config = helpers.tiny_config('dedicated', total_steps=2, checkpoint_every=2,
                        eval_every=2, **{'sst.dedicated_aux_batch': 8,
                                         'sst.enabled': False})
   assert config_lib.global_batch_size(config) == 16
@@ -377,7 +364,7 @@ def test_dedicated_aux_rows_join_every_target_batch(tmp_path, monkeypatch):
 
 
 def test_final_crop_phase_switches_and_resumes_exactly(tmp_path, monkeypatch):
-  config = tiny_config(total_steps=4, checkpoint_every=2, eval_every=0,
+  config = helpers.tiny_config(total_steps=4, checkpoint_every=2, eval_every=0,
                        async_checkpoints=False,
                        **{'data.final_crop_size': 24,
                           'data.final_crop_steps': 2})
@@ -467,7 +454,7 @@ def test_learning_rate_restart():
 
 def test_train_step_is_compiled_before_the_first_batch():
   """The step compiled from the batch spec serves the real batches as is."""
-  config = tiny_config('baseline')
+  config = helpers.tiny_config('baseline')
   mesh = parallel.make_mesh(2)
   domains, model, sst_model, tx, state = replicated_setup(config, mesh)
   names = [d.name for d in domains]
@@ -491,7 +478,7 @@ def test_train_step_is_compiled_before_the_first_batch():
 
 def test_evaluation_is_compiled_ahead_and_batch_fits_the_devices():
   """Evaluator.precompile from shapes serves the first evaluation as is."""
-  config = tiny_config('sst', **{'eval.batch_size': 3})
+  config = helpers.tiny_config('sst', **{'eval.batch_size': 3})
   mesh = parallel.make_mesh(2)
   domains, model, _, _, state = replicated_setup(config, mesh)
   variables = steps.parser_variables(state.params, state.model_state)
