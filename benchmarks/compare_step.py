@@ -102,17 +102,17 @@ def compile_step(config, forward: bool = False, implementations=None):
   default the backend's speed paths).
   """
   setup = bench.setup_train_step(config, implementations)
-  state, batch, rng = setup['state'], setup['batch'], setup['rng']
+  state, batch = setup['state'], setup['batch']
   if forward:
     variables = steps.parser_variables(state.params, state.model_state)
     compiled = bench.jit_forward(setup).lower(variables,
                                               batch['image']).compile()
     return lambda: compiled(variables, batch['image'])
-  compiled = setup['step_fn'].lower(state, batch, rng).compile()
+  compiled = setup['step_fn'].lower(state, batch).compile()
   holder = {'state': state}
 
   def run():
-    holder['state'], metrics = compiled(holder['state'], batch, rng)
+    holder['state'], metrics = compiled(holder['state'], batch)
     return metrics
 
   return run

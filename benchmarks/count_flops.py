@@ -38,6 +38,8 @@ def count(config, implementations=None) -> dict:
   default: the speed paths of the backend JAX runs on).
   """
   domains = config_lib.validate_config(config)
+  if implementations is None:
+    implementations = recipe.speed_paths()
   model, sst_model = recipe.build_models(config, domains, implementations)
   tx = optim.make_optimizer(config.optim, config.total_steps)
   init_fn = functools.partial(
@@ -46,7 +48,6 @@ def count(config, implementations=None) -> dict:
   state = jax.eval_shape(init_fn, jax.random.key(0))
   batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in
            bench.synthetic_batch(config, len(domains)).items()}
-  rng = jax.eval_shape(lambda: jax.random.key(1))
   step_fn = jax.jit(functools.partial(
       steps.train_step, model=model, sst_model=sst_model, tx=tx,
       domain_names=[d.name for d in domains], cfg=config,
@@ -54,7 +55,7 @@ def count(config, implementations=None) -> dict:
   forward = jax.jit(lambda v, x: model.apply(v, x, train=False)[0])
   variables = steps.parser_variables(state.params, state.model_state)
   n = config.batch_size
-  step_args, fwd_args = (state, batch, rng), (variables, batch['image'])
+  step_args, fwd_args = (state, batch), (variables, batch['image'])
   return {
       'train': bench.flops_per_image(step_fn.lower(*step_args), step_fn,
                                      step_args, n),

@@ -84,7 +84,8 @@ def main(argv=None) -> None:
   domains = config_lib.validate_config(config)
   names = tuple(d.name for d in domains)
   mesh = parallel.make_mesh(config.num_devices or None)
-  model, sst_model = recipe.build_models(config, domains)
+  model, sst_model = recipe.build_models(config, domains,
+                                         recipe.speed_paths())
   tx = optim.make_optimizer(config.optim, config.total_steps)
   repl, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
   state = jax.jit(functools.partial(

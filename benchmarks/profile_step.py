@@ -104,16 +104,15 @@ def main(argv=None) -> None:
       recipe.init_train_state, model=model, sst_model=sst_model, tx=tx,
       image_size=config.data.crop_size))(jax.random.key(0))
   batch = jax.device_put(bench.synthetic_batch(config, len(domains)))
-  rng = jax.random.key(1)
   if args.mode == 'train':
     compiled = jax.jit(functools.partial(
         steps.train_step, model=model, sst_model=sst_model, tx=tx,
         domain_names=[d.name for d in domains], cfg=config, lr_fn=lr_fn),
-                       donate_argnums=0).lower(state, batch, rng).compile()
+                       donate_argnums=0).lower(state, batch).compile()
     holder = [state]
 
     def run():
-      holder[0] = compiled(holder[0], batch, rng)[0]
+      holder[0] = compiled(holder[0], batch)[0]
       return holder[0]
   else:
     variables = steps.parser_variables(state.params, state.model_state)

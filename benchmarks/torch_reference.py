@@ -201,8 +201,11 @@ class Decoder(nn.Module):
     return self.fuse2(self.fuse1(x))
 
 
-class Parser(nn.Module):
-  """ResNet -> PSP context -> decoder -> one 1x1 head per domain."""
+class ParsingNetwork(nn.Module):
+  """ResNet -> PSP context -> decoder -> one 1x1 head per domain.
+
+  ``parser.ParsingNetwork`` without the edge branch.
+  """
 
   def __init__(self, model_cfg, num_classes: dict):
     super().__init__()
@@ -296,7 +299,7 @@ def make_sgd(model, optim_cfg, lr):
   return torch.optim.SGD(
       [{'params': decay, 'weight_decay': optim_cfg.weight_decay},
        {'params': no_decay, 'weight_decay': 0.0}],
-      lr=lr, momentum=optim_cfg.momentum, nesterov=optim_cfg.nesterov)
+      lr=lr, momentum=optim_cfg.momentum)
 
 
 def _median_time(fn, warmup, steps):
@@ -349,7 +352,8 @@ def benchmark_torch(config, flax_variables, batch: dict, *, warmup: int,
   if on_cuda:
     torch.backends.cudnn.benchmark = True
   domains = domains_lib.get_domains(list(config.domains))
-  model = Parser(config.model, {d.name: d.num_classes for d in domains})
+  model = ParsingNetwork(config.model,
+                         {d.name: d.num_classes for d in domains})
   with torch.no_grad():
     load_flax_variables(model, flax_variables)
   fmt = torch.channels_last if channels_last else torch.contiguous_format

@@ -253,11 +253,13 @@ def setup_train_step(config, implementations=None) -> dict:
   ``implementations`` is what the parser runs (:func:`implementations`;
   default: the backend's speed paths, as in training). Returns a dict with
   ``model``, ``mesh``, ``replicated`` and ``data`` shardings, ``state``,
-  ``host_batch``, ``batch`` (sharded), ``rng`` and ``step_fn`` (jitted, not
+  ``host_batch``, ``batch`` (sharded) and ``step_fn`` (jitted, not
   yet compiled; donates the state).
   """
   domains = config_lib.validate_config(config)
   mesh = parallel.make_mesh(config.num_devices or None)
+  if implementations is None:
+    implementations = recipe.speed_paths()
   model, sst_model = recipe.build_models(config, domains, implementations)
   tx = optim.make_optimizer(config.optim, config.total_steps)
   lr_fn = optim.learning_rate_schedule(config.optim, config.total_steps)
@@ -271,13 +273,12 @@ def setup_train_step(config, implementations=None) -> dict:
       functools.partial(steps.train_step, model=model, sst_model=sst_model,
                         tx=tx, domain_names=[d.name for d in domains],
                         cfg=config, lr_fn=lr_fn),
-      donate_argnums=0, in_shardings=(repl, data, repl),
+      donate_argnums=0, in_shardings=(repl, data),
       out_shardings=(repl, repl))
   return {
       'model': model, 'mesh': mesh, 'replicated': repl, 'data': data,
       'state': state, 'host_batch': host_batch,
       'batch': parallel.shard_batch(host_batch, mesh),
-      'rng': jax.jit(lambda: jax.random.key(1), out_shardings=repl)(),
       'step_fn': step_fn,
   }
 
@@ -308,7 +309,7 @@ def benchmark_jax(config, *, warmup: int, steps_: int,
     ``'batch'`` and ``'first_loss'`` are included for the PyTorch check.
   """
   setup = setup_train_step(config, implementations)
-  state, batch, rng = setup['state'], setup['batch'], setup['rng']
+  state, batch = setup['state'], setup['batch']
   n_dev = setup['mesh'].devices.size
   repl, host_batch = setup['replicated'], setup['host_batch']
   initial = jax.device_get(steps.parser_variables(state.params,
@@ -318,17 +319,17 @@ def benchmark_jax(config, *, warmup: int, steps_: int,
   out['params'] = int(sum(np.size(x) for x in jax.tree.leaves(
       initial['params'])))
   t0 = time.perf_counter()
-  lowered = setup['step_fn'].lower(state, batch, rng)
+  lowered = setup['step_fn'].lower(state, batch)
   compiled = lowered.compile()
   out['train_compile_s'] = time.perf_counter() - t0
   out['train_flops_per_image'] = flops_per_image(
-      lowered, setup['step_fn'], (state, batch, rng), config.batch_size)
+      lowered, setup['step_fn'], (state, batch), config.batch_size)
   if not steps_:  # Compile time and FLOPs only.
     return out
   holder = {'state': state, 'first_loss': None}
 
   def run_train():
-    holder['state'], metrics = compiled(holder['state'], batch, rng)
+    holder['state'], metrics = compiled(holder['state'], batch)
     if holder['first_loss'] is None:
       holder['first_loss'] = float(metrics['loss'])
     return holder['state'], metrics

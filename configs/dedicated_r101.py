@@ -43,15 +43,18 @@ def _universal():
 
 def get_config(arg: str | None = None):
   args = config_lib.parse_arg(arg, ARGS, 'configs/dedicated_r101.py')
-  target = args.get('target', 'pascal_person_part')
-  with_lip = 'lip' in args or 'with_lip' in args or target == 'lip'
-  config = _universal().real_config(with_lip, args.get('data_dir', ''))
+  with_lip = ('lip' in args or 'with_lip' in args
+              or args.get('target') == 'lip')
+  config = _universal().real_config(with_lip)
+  # The defaults: the first benchmark, and the base config's fields.
+  target = args.get('target', config.domains[0])
+  config.data.data_dir = args.get('data_dir', config.data.data_dir)
   if target not in config.domains:
     raise ValueError(f'configs/dedicated_r101.py: target={target!r} is not '
                      f'one of {list(config.domains)}')
   config.parsing = 'dedicated'
   config.target = target
-  config.init_from = args.get('init_from', '')
+  config.init_from = args.get('init_from', config.init_from)
   config.sst.dedicated_aux_batch = 8
   if 'baseline' in args:
     config_lib.disable_sst(config)

@@ -11,7 +11,7 @@ Variants (``--config=configs/synthetic.py:<arg>``):
                  ``pascal`` run plus 8 of the source domains).
   ``finetune``   synthetic_pascal started from ``--config.init_from``, its own
                  images only, no MST.
-  ``msa_mse`` / ``msa_mst``  ablations with one of the two SST branches.
+  ``msa_mse``    ablation: SST without MST (MSA + MSE only).
 """
 
 from sst_jax import config_lib
@@ -21,8 +21,8 @@ def get_config(arg: str | None = None):
   config = config_lib.base_config()
   config.domains = ['synthetic_pascal', 'synthetic_atr', 'synthetic_cihp',
                     'synthetic_lip']
-  # 3000 steps: about 15 minutes on a 2-core CPU, with every synthetic
-  # domain above 0.50 mIoU (docs/results.md).
+  # 3000 steps: minutes on a 2-core CPU, with every synthetic domain above
+  # 0.50 mIoU (docs/results.md, "The main job").
   config.total_steps = 3000
   config.batch_size = 16
   config.log_every = 25

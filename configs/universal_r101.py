@@ -14,7 +14,7 @@ The argument is a comma-separated list of
                            default, ``$TFDS_DATA_DIR`` or
                            ``~/tensorflow_datasets``);
   one variant (``config_lib.apply_variant``): ``sst`` (default),
-  ``baseline``, ``msa_mse``, ``msa_mst``, a single domain (e.g.
+  ``baseline``, ``msa_mse`` or a single domain (e.g.
   ``pascal_person_part``).
 e.g. ``--config=configs/universal_r101.py:with_lip,baseline,data_dir=/data``.
 Dedicated SST for one target: ``configs/dedicated_r101.py``.
@@ -32,7 +32,7 @@ ARGS = {'lip': bool, 'with_lip': bool, 'data_dir': str,
         **config_lib.VARIANTS}
 
 
-def real_config(with_lip: bool = False, data_dir: str = ''):
+def real_config(with_lip: bool = False):
   """The unlocked protocol config (also ``configs/dedicated_r101.py``'s)."""
   config = config_lib.base_config()
   config.domains = list(BENCHMARKS) + (['lip'] if with_lip else [])
@@ -68,7 +68,6 @@ def real_config(with_lip: bool = False, data_dir: str = ''):
   config.optim.warmup_steps = 500
   config.optim.warmup_init_factor = 0.1
 
-  config.data.data_dir = data_dir
   config.data.tfds_names = {d: d for d in config.domains}  # e.g. 'cihp/skip_bad'
   config.data.train_split = 'train'
   config.data.eval_split = 'validation'
@@ -76,15 +75,14 @@ def real_config(with_lip: bool = False, data_dir: str = ''):
   # mixes all domains equally (the small PASCAL set is revisited more often
   # than the large ones). To weight them, set e.g. config.data.mix =
   # {'cihp': 2.0} here (a locked config takes no new keys from flags).
-  config.data.batching = 'mixed'
   config.data.crop_size = 473
   config.data.scale_range = (0.5, 1.5)
   config.data.flip = True
   # Options, off by default (CE2P/Graphonomy-style scale + crop + flip only):
   # --config.data.rotation=15 (uniform in [-15, 15] degrees) and
   # --config.data.color_jitter=0.2 (brightness, contrast, saturation in
-  # 1 +- 0.2). They cost CPU: see "Input pipeline throughput" in
-  # docs/datasets.md (rotation about 7 ms per 473x473 crop per core).
+  # 1 +- 0.2). They cost CPU time per crop (rotation the most): see "Input
+  # pipeline throughput" in docs/datasets.md.
   config.data.rotation = 0.0
   config.data.color_jitter = 0.0
   config.data.cache = False
@@ -115,5 +113,6 @@ def get_config(arg: str | None = None):
                               BENCHMARKS)
   with_lip = args.pop('lip', False)
   with_lip = args.pop('with_lip', False) or with_lip
-  config = real_config(with_lip, args.pop('data_dir', ''))
+  config = real_config(with_lip)
+  config.data.data_dir = args.pop('data_dir', config.data.data_dir)
   return config_lib.apply_variant(config, args)

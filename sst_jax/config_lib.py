@@ -3,8 +3,8 @@
 ``base_config`` is the config every ``configs/*.py`` file starts from; each
 field is documented there once and experiment files only change values.
 ``validate_config`` checks the fields against each other, and the functions
-below it derive what training reads from them (batch composition, the
-final-crop phase). Training, evaluation and the benchmarks all read configs
+below it derive what training reads from them (batch composition).
+Training, evaluation and the benchmarks all read configs
 through this module.
 """
 
@@ -74,23 +74,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.name = 'sgd'        # 'sgd' | 'adamw'
   c.optim.lr = 7e-3
   c.optim.momentum = 0.9
-  c.optim.nesterov = False
   c.optim.b1 = 0.9
   c.optim.b2 = 0.999
-  c.optim.weight_decay = 5e-4
-  c.optim.decay_all = False   # also decay BatchNorm scales and biases
+  c.optim.weight_decay = 5e-4  # convolution kernels only
   c.optim.schedule = 'poly'   # 'poly' | 'cosine' | 'constant'
   c.optim.poly_power = 0.9
-  c.optim.end_lr_factor = 0.0
   c.optim.warmup_steps = 0
   c.optim.warmup_init_factor = 0.1
-  c.optim.grad_clip_norm = 0.0
-  # Optional restart: the last `restart_steps` steps warm up again (linearly
-  # from 0 over `restart_warmup_steps`) to `restart_lr`, then decay (cosine)
-  # to 0, e.g. over a final phase of larger crops (data.final_crop_steps).
-  c.optim.restart_steps = 0
-  c.optim.restart_lr = 0.0
-  c.optim.restart_warmup_steps = 0
 
   c.loss = ml_collections.ConfigDict()
   c.loss.edge_weight = 1.0    # used when model.edge
@@ -101,15 +91,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.tfds_names = ml_collections.ConfigDict()  # domain -> tfds name
   c.data.train_split = 'train'
   c.data.eval_split = 'validation'
-  c.data.mix = ml_collections.ConfigDict()  # domain -> sampling weight (1.0)
-  c.data.batching = 'mixed'   # 'mixed' | 'per_domain'
+  # domain -> sampling weight (MIX_WEIGHT for a domain it leaves out)
+  c.data.mix = ml_collections.ConfigDict()
   c.data.crop_size = 473
   c.data.crop_width = 0       # 0: square crops; else crop_size x crop_width
   c.data.scale_range = (0.75, 1.25)
-  # Optional last phase: the final `final_crop_steps` steps train on square
-  # `final_crop_size` crops (0: off), e.g. whole images after small crops.
-  c.data.final_crop_size = 0
-  c.data.final_crop_steps = 0
   c.data.rotation = 0.0       # max degrees
   c.data.flip = True
   c.data.color_jitter = 0.0
@@ -140,24 +126,24 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.sst = ml_collections.ConfigDict()
   c.sst.enabled = True
-  c.sst.dim = 256             # node / prototype width D
+  c.sst.dim = 256             # node width D (embeddings, S_t, X_t)
   c.sst.mse = True
   c.sst.mst = True
   c.sst.mse_weight = 0.4
   c.sst.mst_weight = 0.4
   # MSA's three taps, coarse to fine along the decoder.
   c.sst.taps = ('context', 'decoder_fuse1', 'decoder')
-  # M_intra: 'adjacency' (EMA of the labels' class adjacency), 'learned' (a
-  # trainable matrix per domain) or 'identity'.
+  # M_intra: 'adjacency' (EMA of the labels' class adjacency) or 'learned'
+  # (a trainable matrix per domain).
   c.sst.intra = 'adjacency'
-  c.sst.intra_dilation = 2    # pixels at the finest tap
+  c.sst.intra_dilation = 2    # pixels at the last tap
   c.sst.intra_momentum = 0.99
   c.sst.temperature = 0.1     # cosine logits of the X_3 (x) F output
   c.sst.cross_temperature = 0.1  # softmax of the cross-domain matrices
   c.sst.mst_stop_gradient = 'none'  # 'none' | 'mapped' (no grad via M X^j)
-  # Every batch holds batch_size / K images of each of the K domains, so
-  # that every node set and every domain pair exists in every step.
-  c.sst.fixed_batch = True
+  # With SST every batch holds batch_size / K images of each of the K
+  # domains, so that every node set and every domain pair exists in every
+  # step (config_lib.batch_groups).
   # Dedicated parsing: source-domain rows added to every batch of
   # batch_size target rows, split equally over the source domains; the
   # frozen source reads them for MST (0: the target's images only).
@@ -168,7 +154,7 @@ def base_config() -> ml_collections.ConfigDict:
 # The arguments of ``apply_variant``: at most one variant (or a domain of
 # the config, trained alone), then modifiers. ``str | None``: the key alone,
 # or ``key=<str>``.
-VARIANTS = {'sst': bool, 'baseline': bool, 'msa_mse': bool, 'msa_mst': bool,
+VARIANTS = {'sst': bool, 'baseline': bool, 'msa_mse': bool,
             'dedicated': str | None, 'finetune': str | None}
 MODIFIERS = {'domains': str, 'train_examples': str}
 
@@ -253,7 +239,7 @@ def apply_variant(config: ml_collections.ConfigDict,
   that target from the model in ``config.init_from``), ``finetune`` /
   ``finetune=<domain>`` (the same target started from
   ``config.init_from`` and trained on its own images only, without MST),
-  ``msa_mse`` (MST off), ``msa_mst`` (L_mse off).
+  ``msa_mse`` (MST off).
 
   Modifiers may follow: ``domains=<suffix>+<suffix>...`` trains on those
   domains only (e.g. ``sst,domains=pascal+cihp``, the scalability rows of
@@ -271,13 +257,9 @@ def apply_variant(config: ml_collections.ConfigDict,
   variant = variants[0] if variants else 'sst'
   if variant == 'baseline':
     disable_sst(config)
-  elif variant in ('msa_mse', 'msa_mst'):
-    config.sst.mst = variant == 'msa_mst'
-    config.sst.mse = variant == 'msa_mse'
-    if variant == 'msa_mse':
-      config.sst.mst_weight = 0.0
-    else:
-      config.sst.mse_weight = 0.0
+  elif variant == 'msa_mse':
+    config.sst.mst = False
+    config.sst.mst_weight = 0.0
   elif variant in ('dedicated', 'finetune'):
     config.parsing = 'dedicated'
     config.target = _resolve(config, args[variant] or config.domains[0])
@@ -323,32 +305,65 @@ def _resolve(config, name: str) -> str:
                    f'{list(config.domains)}')
 
 
+# A domain's sampling weight where ``config.data.mix`` leaves it out.
+MIX_WEIGHT = 1.0
+# The parser features (``aux``) that can serve as SST taps.
+SST_TAPS = ('res2', 'res5', 'context', 'decoder_fuse1', 'decoder')
+
+
+def mix_weights(mix, names: Sequence[str]) -> dict[str, float]:
+  """``{name: sampling weight}`` of ``names`` under ``mix`` (``data.mix``)."""
+  return {n: float(mix.get(n, MIX_WEIGHT)) for n in names}
+
+
+def _check_choice(value, field: str, choices: Sequence[str]) -> None:
+  if value not in choices:
+    *rest, last = [repr(c) for c in choices]
+    raise ValueError(f'config.{field} must be {", ".join(rest)} or {last}, '
+                     f'got {value!r}')
+
+
 def validate_config(config) -> tuple[domains_lib.Domain, ...]:
-  """Checks cross-field constraints; returns the configured domains."""
+  """Checks every field's value and the fields against each other.
+
+  The one place config values are checked: the modules that read a config
+  afterwards take it as valid. Returns the configured domains.
+  """
   if not config.domains:
     raise ValueError('config.domains is empty: name at least one label domain')
   domains = domains_lib.get_domains(list(config.domains))
-  if config.parsing not in ('universal', 'dedicated'):
-    raise ValueError("config.parsing must be 'universal' or 'dedicated', got "
-                     f'{config.parsing!r}')
+  _check_choice(config.parsing, 'parsing', ('universal', 'dedicated'))
   if config.parsing == 'dedicated' and config.target not in config.domains:
     raise ValueError(f'dedicated parsing: config.target={config.target!r} '
                      f'is not one of config.domains {list(config.domains)}')
-  if config.mode not in ('train', 'eval'):
-    raise ValueError(f"config.mode must be 'train' or 'eval', got "
-                     f'{config.mode!r}')
+  _check_choice(config.mode, 'mode', ('train', 'eval'))
+  _check_choice(config.dtype, 'dtype', ('float32', 'bfloat16'))
+  if config.cpu_devices < 0:
+    raise ValueError(f'config.cpu_devices must be >= 0, got '
+                     f'{config.cpu_devices}')
+  _check_choice(config.optim.name, 'optim.name', ('sgd', 'adamw'))
+  _check_choice(config.optim.schedule, 'optim.schedule',
+                ('poly', 'cosine', 'constant'))
   data = config.data
   if data.crop_size <= 0 or data.crop_width < 0:
     raise ValueError('config.data.crop_size must be > 0 and '
                      'config.data.crop_width >= 0 (0: square), got '
                      f'{data.crop_size} and {data.crop_width}')
-  final_size, final_steps = data.final_crop_size, data.final_crop_steps
-  if final_size < 0 or (final_size and not 0 < final_steps <=
-                        config.total_steps):
-    raise ValueError(
-        'config.data.final_crop_size must be >= 0 and, when set, '
-        'config.data.final_crop_steps in [1, total_steps='
-        f'{config.total_steps}]; got {final_size} and {final_steps}')
+  mix = dict(data.mix) if data.mix else {}
+  unknown = set(mix) - set(config.domains)
+  if unknown:
+    raise ValueError(f'config.data.mix names domains not in config.domains: '
+                     f'{sorted(unknown)}')
+  if not any(w > 0 for w in mix_weights(mix, config.domains).values()):
+    raise ValueError('config.data.mix gives every domain weight 0')
+  sst = config.sst
+  unknown = [t for t in sst.taps if t not in SST_TAPS]
+  if unknown or len(sst.taps) != 3:
+    raise ValueError(f'config.sst.taps must be three features of the parser '
+                     f'{SST_TAPS}, got {tuple(sst.taps)}')
+  _check_choice(sst.intra, 'sst.intra', ('adjacency', 'learned'))
+  _check_choice(sst.mst_stop_gradient, 'sst.mst_stop_gradient',
+                ('none', 'mapped'))
   aux = config.sst.dedicated_aux_batch
   if config.sst.enabled and config.parsing == 'dedicated':
     if not config.init_from:
@@ -361,12 +376,11 @@ def validate_config(config) -> tuple[domains_lib.Domain, ...]:
           'config.sst.dedicated_aux_batch rows of source images for MST; '
           'set both (sst.mst=True and dedicated_aux_batch > 0) or neither, '
           f'got sst.mst={config.sst.mst} and dedicated_aux_batch={aux}')
-  if (config.sst.enabled
-      and config.sst.fixed_batch and config.parsing == 'universal'
+  if (config.sst.enabled and config.parsing == 'universal'
       and config.batch_size < len(config.domains)):
     raise ValueError(
-        f'config.sst.fixed_batch: batch_size={config.batch_size} cannot hold '
-        f'an image of each of the {len(config.domains)} domains')
+        f'config.batch_size={config.batch_size} cannot hold an image of each '
+        f'of the {len(config.domains)} domains, as every SST batch does')
   if not isinstance(aux, int) or aux < 0:
     raise ValueError('config.sst.dedicated_aux_batch must be an integer >= 0, '
                      f'got {aux!r}')
@@ -403,34 +417,29 @@ def global_batch_size(config) -> int:
 def batch_groups(config, mix):
   """Fixed batch composition for ``pipeline.train_dataset`` (None: mixed).
 
-  Dedicated training with ``sst.dedicated_aux_batch = A > 0``: every batch
+  Universal SST: every batch holds every domain that ``mix`` gives a weight
+  > 0, in equal shares. Dedicated training with ``sst.dedicated_aux_batch = A > 0``: every batch
   holds ``batch_size`` target samples and ``A`` samples of the other
   domains, mixed with ``mix``; so the target sees as many images per step
   as a single-domain run with the same ``batch_size``.
   """
   aux = dedicated_aux_batch(config)
+  weights = mix_weights(mix, config.domains)
   if aux:
     others = {n: w for n, w in mix.items() if n != config.target}
     if dedicated_source(config):
       # Every source domain in every step, in equal shares.
       used = [n for n in config.domains
-              if n != config.target and float(others.get(n, 1.0)) > 0]
+              if n != config.target and weights[n] > 0]
       rows, extra = divmod(aux, len(used))
       return [({config.target: 1.0}, config.batch_size)] + [
           ({n: 1.0}, rows + (i < extra)) for i, n in enumerate(used)
           if rows + (i < extra)]
     return [({config.target: 1.0}, config.batch_size), (others, aux)]
-  if config.sst.enabled and config.sst.fixed_batch:
+  if config.sst.enabled:
     # SST as drawn: every step holds every domain in use (its node sets and
     # every domain pair exist in each step), in equal shares.
-    used = [n for n in config.domains if float(mix.get(n, 1.0)) > 0]
+    used = [n for n in config.domains if weights[n] > 0]
     rows, extra = divmod(config.batch_size, len(used))
     return [({n: 1.0}, rows + (i < extra)) for i, n in enumerate(used)]
   return None
-
-
-def final_crop_start(config) -> int:
-  """Step after which training reads ``data.final_crop_size`` crops."""
-  if not config.data.final_crop_size:
-    return config.total_steps + 1
-  return config.total_steps - config.data.final_crop_steps

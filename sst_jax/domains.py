@@ -46,12 +46,12 @@ class Domain:
     name: registry key, e.g. ``'cihp'`` or ``'synthetic_pascal'``.
     classes: class names in the benchmark's own id order (id = position).
     flip_pairs: pairs of class ids that swap under a horizontal flip.
-    ignore_id: label value excluded from losses and metrics.
+
+  Every domain's ignore id is ``IGNORE_ID``.
   """
   name: str
   classes: tuple[str, ...]
   flip_pairs: tuple[tuple[int, int], ...] = ()
-  ignore_id: int = IGNORE_ID
 
   def __post_init__(self):
     seen = set()
@@ -88,8 +88,7 @@ class Domain:
 
   def to_json(self) -> dict:
     return {'name': self.name, 'classes': list(self.classes),
-            'flip_pairs': [list(p) for p in self.flip_pairs],
-            'ignore_id': self.ignore_id}
+            'flip_pairs': [list(p) for p in self.flip_pairs]}
 
 
 PASCAL_PERSON_PART_CLASSES = (
@@ -158,6 +157,10 @@ def get_domains(names: Sequence[str]) -> tuple[Domain, ...]:
 
 
 def from_json(entry: dict) -> Domain:
+  """The domain :meth:`Domain.to_json` wrote.
+
+  Older checkpoints and exports also hold ``'ignore_id'`` (always
+  ``IGNORE_ID``); it is ignored.
+  """
   return Domain(entry['name'], tuple(entry['classes']),
-                tuple(tuple(p) for p in entry['flip_pairs']),
-                entry.get('ignore_id', IGNORE_ID))
+                tuple(tuple(p) for p in entry['flip_pairs']))

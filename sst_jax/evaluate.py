@@ -400,7 +400,9 @@ def score_model(model: LoadedModel, config: ml_collections.ConfigDict, *,
 
   Raises:
     ValueError: for a domain the model has no head for, or whose classes
-      differ from the registry's (the labels the data source reads).
+      differ from the registry's (the labels the data source reads). A
+      domain the registry lacks (a user's dataset, scored without the
+      config that registers it) is registered as the model records it.
   """
   names = list(domains or model.domains)
   unknown = [n for n in names if n not in model.domains]
@@ -409,7 +411,11 @@ def score_model(model: LoadedModel, config: ml_collections.ConfigDict, *,
                      f'{model.source["path"]} has: '
                      f'{", ".join(model.domains)}')
   for name in names:
-    registered = domains_lib.get_domain(name)
+    registered = domains_lib.DOMAINS.get(name)
+    if registered is None:
+      # A domain this process has not registered (a user's own dataset,
+      # scored without its config): the model records its classes.
+      registered = domains_lib.register(model.domains[name])
     if list(registered.classes) != list(model.domains[name].classes):
       raise ValueError(
           f'{model.source["path"]}: domain {name!r} has classes '

@@ -9,19 +9,22 @@ reads the latest checkpoint of a training workdir and writes ``<dir>`` with
 * ``params.npz``: the inference network's variables and nothing else,
   ``params['parser']`` as ``params/...`` and ``model_state['batch_stats']``
   as ``batch_stats/...`` (keys are ``/``-joined Flax paths). Every SST
-  parameter (``params['sst']``) and the SST prototype memory
-  (``model_state['sst_memory']``) are dropped, as are the optimizer state
-  and, when heads are selected, the other domains' ``head_<name>`` convs.
+  parameter (``params['sst']``) and the SST state
+  (``model_state['sst_memory']``: with ``sst.intra='adjacency'``, the EMA
+  of each domain's intra-domain class adjacency) are dropped, as are the
+  optimizer state, dedicated parsing's frozen source copy
+  (``model_state['frozen']``) and, when heads are selected, the other
+  domains' ``head_<name>`` convs.
   In dedicated parsing (``config.parsing='dedicated'``) only the target head
   is kept unless ``--domains`` says otherwise.
 * ``export.json``: its format number (``format_version``, checked when
   loading), the sst_jax version, the kept label domains (name, classes,
-  flip pairs, ignore id), the model config, compute dtype, preprocessing
-  (RGB, ImageNet mean/std, input size, padding), the forward function's
-  signature, the source checkpoint (workdir, step, checkpoint format) and
-  the training config as the checkpoint recorded it (``config``: its
-  ``data`` section is what ``python -m sst_jax.evaluate`` scores the export
-  on, as it does the workdir).
+  flip pairs; the ignore id is always 255), the model config, compute dtype,
+  preprocessing (RGB, ImageNet mean/std, input size, padding), the forward
+  function's signature, the source checkpoint (workdir, step, checkpoint
+  format) and the training config as the checkpoint recorded it
+  (``config``: its ``data`` section is what ``python -m sst_jax.evaluate``
+  scores the export on, as it does the workdir).
 * ``forward.jax_export``: ``jax.export`` serialization (StableHLO) of
   ``image -> {domain: logits}`` with the parameters embedded as constants.
   ``image`` is a float32 ``[b, S, S, 3]`` batch normalized as ``export.json``
@@ -149,10 +152,12 @@ def keep_heads(variables: dict, heads: Sequence[str]) -> dict:
 
 def build_parser(metadata: dict,
                  heads: Sequence[str]) -> parser_lib.ParsingNetwork:
-  """The plain network a checkpoint/export describes, with ``heads`` only.
+  """The inference network a checkpoint/export describes, ``heads`` only.
 
   The recorded model config over the base config's: a field added since
-  the model was saved has its default there.
+  the model was saved has its default there. No SST module; it runs the
+  backend's speed paths (``recipe.speed_paths()``), as evaluation, export
+  and ``sst_jax.Parser`` build their models here.
   """
   by_name = {d['name']: d for d in metadata['domains']}
   dtype = jnp.bfloat16 if metadata.get('dtype') == 'bfloat16' else jnp.float32
@@ -168,7 +173,8 @@ def input_size_of(metadata: dict) -> int:
   config = metadata.get('config') or {}
   size = (config.get('data') or {}).get('eval_input_size')
   if size is None:
-    size = metadata.get('preprocessing', {}).get('input_size', 473)
+    size = metadata.get('preprocessing', {}).get(
+        'input_size', config_lib.base_config().data.eval_input_size)
   return int(size)
 
 
@@ -192,7 +198,7 @@ def describe(metadata: dict, heads: Sequence[str], source: dict) -> dict:
       'sst_jax_version': sst_jax.__version__,
       'domains': [by_name[h] for h in heads],
       'model': metadata['model'],
-      'dtype': metadata.get('dtype', 'float32'),
+      'dtype': metadata.get('dtype', config_lib.base_config().dtype),
       'parsing': parsing_of(metadata),
       'target': metadata.get('target'),
       'preprocessing': {
@@ -308,9 +314,10 @@ def load_exported(
   """Loads an export directory.
 
   Returns:
-    ``(module, variables, info)``: the plain ``ParsingNetwork`` (kept
-    heads only), its ``{'params', 'batch_stats'}`` as numpy arrays and the
-    ``export.json`` content. Run with ``module.apply(variables, image)``.
+    ``(module, variables, info)``: the inference ``ParsingNetwork``
+    (:func:`build_parser`: kept heads only), its ``{'params',
+    'batch_stats'}`` as numpy arrays and the ``export.json`` content.
+    Run with ``module.apply(variables, image)``.
 
   Raises:
     FileNotFoundError: if ``path`` is not an export directory.
@@ -349,10 +356,11 @@ def load_model(path: str, heads: Sequence[str] | None = None
     heads: the domains whose heads to keep (default: every head there is).
 
   Returns:
-    ``(module, variables, info)``: the plain :class:`ParsingNetwork` with
-    those heads, its ``{'params', 'batch_stats'}`` as numpy arrays (no SST
-    parameter or state) and the ``export.json`` description (for a workdir,
-    what ``export`` would write there, less ``forward``).
+    ``(module, variables, info)``: the inference :class:`ParsingNetwork`
+    with those heads (:func:`build_parser`), its ``{'params',
+    'batch_stats'}`` as numpy arrays (no SST parameter or state) and the
+    ``export.json`` description (for a workdir, what ``export`` would write
+    there, less ``forward``).
 
   Raises:
     FileNotFoundError: if ``path`` is neither.

@@ -1,14 +1,15 @@
 """Huge pages for XLA:CPU's per-step buffers (glibc ``malloc.hugetlb``).
 
-XLA:CPU allocates each execution's temporary buffer (172 MB for the synthetic
+XLA:CPU allocates each execution's temporary buffer (a large one for the
 train step) with ``malloc`` on a worker thread and frees it when the step
 ends. glibc serves an allocation that large from a fresh ``mmap`` and returns
-it with ``munmap``, so every step faults in 44,000 new 4 KB pages: a fifth of
-the training process's CPU time on the 2-core development machine, all of it
-in the kernel (``docs/results.md``). With the glibc tunable
-``glibc.malloc.hugetlb=1`` (glibc 2.35+), ``malloc`` asks for transparent huge
-pages on such mappings (``madvise``), and the same buffer takes about 90
-faults of 2 MB pages.
+it with ``munmap``, so every step faults in and zeroes the whole buffer anew
+in 4 KB pages, time spent in the kernel rather than on the step. With the
+glibc tunable ``glibc.malloc.hugetlb=1`` (glibc 2.35+), ``malloc`` asks for
+transparent huge pages on such mappings (``madvise``), and the same buffer
+takes 512 times fewer faults, of 2 MB pages (the synthetic step's buffer
+size, faults and times: ``docs/results.md``, "Host memory: huge pages for
+XLA:CPU's per-step buffer").
 
 Tunables are read when the process starts, so the training entry point
 (``python -m sst_jax.main``) re-executes itself once with the tunable added

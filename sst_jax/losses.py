@@ -8,21 +8,20 @@ import jax.numpy as jnp
 from sst_jax.domains import IGNORE_ID
 
 
-def pixel_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray,
-                        ignore_id: int = IGNORE_ID) -> tuple[jnp.ndarray,
-                                                             jnp.ndarray]:
+def pixel_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray
+                        ) -> tuple[jnp.ndarray, jnp.ndarray]:
   """Per-pixel CE and a validity mask.
 
   Args:
     logits: ``[..., C]`` float logits.
-    labels: ``[...]`` int labels; ``ignore_id`` and any value >= C are
+    labels: ``[...]`` int labels; ``IGNORE_ID`` and any value >= C are
       excluded.
 
   Returns:
     ``(ce, valid)``: float ``[...]`` (0 where invalid) and bool ``[...]``.
   """
   num_classes = logits.shape[-1]
-  valid = (labels != ignore_id) & (labels >= 0) & (labels < num_classes)
+  valid = (labels != IGNORE_ID) & (labels >= 0) & (labels < num_classes)
   safe = jnp.where(valid, labels, 0)
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   ce = -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
@@ -30,8 +29,7 @@ def pixel_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray,
 
 
 def own_head_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray,
-                           num_classes: jnp.ndarray,
-                           ignore_id: int = IGNORE_ID) -> jnp.ndarray:
+                           num_classes: jnp.ndarray) -> jnp.ndarray:
   """Mean CE of every sample against its own domain's head.
 
   Labels of a sample are only meaningful in its own label domain, so each
@@ -45,49 +43,42 @@ def own_head_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray,
       negative values (``steps.own_domain_logits``).
     labels: ``[B, H, W]`` int labels.
     num_classes: ``[B]`` class count of each sample's head; labels at or
-      above it are excluded like ``ignore_id``.
+      above it are excluded like ``IGNORE_ID``.
 
   Returns:
     Scalar mean CE.
   """
   labels = labels.astype(jnp.int32)
   in_head = labels < num_classes[:, None, None]
-  ce, valid = pixel_cross_entropy(
-      logits, jnp.where(in_head, labels, ignore_id), ignore_id)
+  ce, valid = pixel_cross_entropy(logits,
+                                  jnp.where(in_head, labels, IGNORE_ID))
   return jnp.sum(ce) / jnp.maximum(jnp.sum(valid), 1)
 
 
-def edge_targets(labels: jnp.ndarray, ignore_id: int = IGNORE_ID,
-                 radius: int = 1) -> tuple[jnp.ndarray, jnp.ndarray]:
+def edge_targets(labels: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
   """Binary part-boundary map from a label map (CE2P edge supervision).
 
-  A pixel is an edge pixel when a neighbour within ``radius`` (4-connected
-  steps) has a different label; ignore pixels are excluded.
+  A pixel is an edge pixel when one of its 4 neighbours has a different
+  label; ignore pixels are excluded.
 
   Returns:
     ``(edges, valid)`` int32 and bool ``[B, H, W]``.
   """
-  pad = jnp.pad(labels, ((0, 0), (radius, radius), (radius, radius)),
-                mode='edge')
+  pad = jnp.pad(labels, ((0, 0), (1, 1), (1, 1)), mode='edge')
   h, w = labels.shape[1:]
   edge = jnp.zeros(labels.shape, bool)
-  for dy in range(-radius, radius + 1):
-    for dx in range(-radius, radius + 1):
-      if abs(dy) + abs(dx) > radius or (dy == 0 and dx == 0):
-        continue
-      nb = pad[:, radius + dy:radius + dy + h, radius + dx:radius + dx + w]
-      edge |= (nb != labels) & (nb != ignore_id)
-  valid = labels != ignore_id
+  for dy, dx in ((-1, 0), (0, -1), (0, 1), (1, 0)):
+    nb = pad[:, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+    edge |= (nb != labels) & (nb != IGNORE_ID)
+  valid = labels != IGNORE_ID
   return edge.astype(jnp.int32), valid
 
 
 def balanced_edge_loss(edge_logits: jnp.ndarray,
-                       labels: jnp.ndarray,
-                       ignore_id: int = IGNORE_ID) -> jnp.ndarray:
+                       labels: jnp.ndarray) -> jnp.ndarray:
   """Class-balanced 2-way CE on the CE2P edge branch (logits at label res)."""
-  edges, valid = edge_targets(labels, ignore_id)
-  ce, _ = pixel_cross_entropy(edge_logits, jnp.where(valid, edges, ignore_id),
-                              ignore_id)
+  edges, valid = edge_targets(labels)
+  ce, _ = pixel_cross_entropy(edge_logits, jnp.where(valid, edges, IGNORE_ID))
   pos = jnp.sum(valid & (edges == 1))
   neg = jnp.sum(valid & (edges == 0))
   n = jnp.maximum(pos + neg, 1)
@@ -95,17 +86,8 @@ def balanced_edge_loss(edge_logits: jnp.ndarray,
   return jnp.sum(ce * weight) / jnp.maximum(jnp.sum(weight), 1e-6)
 
 
-def kl_divergence(target_logits: jnp.ndarray, logits: jnp.ndarray,
-                  temperature: float = 1.0) -> jnp.ndarray:
-  """Per-pixel ``T^2 KL(softmax(t/T) || softmax(s/T))``, ``[...]``."""
-  t = jax.nn.log_softmax(target_logits / temperature, axis=-1)
-  s = jax.nn.log_softmax(logits / temperature, axis=-1)
-  return temperature**2 * jnp.sum(jnp.exp(t) * (t - s), axis=-1)
-
-
 def soft_iou_loss(logits: jnp.ndarray, labels: jnp.ndarray,
-                  domain: jnp.ndarray, num_domains: int,
-                  ignore_id: int = IGNORE_ID) -> jnp.ndarray:
+                  domain: jnp.ndarray, num_domains: int) -> jnp.ndarray:
   """``1 - soft IoU``, averaged over the (domain, class) pairs in the batch.
 
   Cross-entropy weighs a class by its pixel count, so thin and rare classes
@@ -119,7 +101,7 @@ def soft_iou_loss(logits: jnp.ndarray, labels: jnp.ndarray,
     logits: ``[B, H, W, C]`` each sample's own-head logits at label
       resolution; padding classes of smaller heads hold large negative
       values (``steps.own_domain_logits``).
-    labels: ``[B, H, W]`` int labels (``ignore_id`` and values >= C are
+    labels: ``[B, H, W]`` int labels (``IGNORE_ID`` and values >= C are
       excluded).
     domain: ``[B]`` int domain index of each sample.
     num_domains: number of domains.
@@ -128,7 +110,7 @@ def soft_iou_loss(logits: jnp.ndarray, labels: jnp.ndarray,
     Scalar loss; 0 when no pixel is labelled.
   """
   num_classes = logits.shape[-1]
-  valid = (labels != ignore_id) & (labels >= 0) & (labels < num_classes)
+  valid = (labels != IGNORE_ID) & (labels >= 0) & (labels < num_classes)
   probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
   probs = jnp.where(valid[..., None], probs, 0.0)
   onehot = jax.nn.one_hot(jnp.where(valid, labels, 0), num_classes) * valid[
@@ -145,8 +127,7 @@ def soft_iou_loss(logits: jnp.ndarray, labels: jnp.ndarray,
 
 def own_head_losses(logits: jnp.ndarray, labels: jnp.ndarray,
                     num_classes: jnp.ndarray, domain: jnp.ndarray,
-                    num_domains: int, ignore_id: int = IGNORE_ID
-                    ) -> tuple[jnp.ndarray, jnp.ndarray]:
+                    num_domains: int) -> tuple[jnp.ndarray, jnp.ndarray]:
   """``(own_head_cross_entropy, soft_iou_loss)`` of the same logits, fused.
 
   The two losses read the same per-pixel softmax; here it is computed once,
@@ -168,18 +149,17 @@ def own_head_losses(logits: jnp.ndarray, labels: jnp.ndarray,
   """
   return _own_head_losses(logits.astype(jnp.float32),
                           labels.astype(jnp.int32), num_classes, domain,
-                          num_domains, ignore_id)
+                          num_domains)
 
 
-def _own_head_losses_fwd(logits, labels, num_classes, domain, num_domains,
-                         ignore_id):
+def _own_head_losses_fwd(logits, labels, num_classes, domain, num_domains):
   z = logits
   c = z.shape[-1]
   top = jnp.max(z, axis=-1, keepdims=True)
   e = jnp.exp(z - top)
   total = jnp.sum(e, axis=-1, keepdims=True)
   p = e / total
-  valid = (labels != ignore_id) & (labels >= 0) & (labels < c)
+  valid = (labels != IGNORE_ID) & (labels >= 0) & (labels < c)
   in_head = valid & (labels < num_classes[:, None, None])
   onehot = (labels[..., None] == jnp.arange(c)) & valid[..., None]
   z_label = jnp.sum(jnp.where(onehot, z, 0.0), axis=-1)
@@ -205,8 +185,8 @@ def _own_head_losses_fwd(logits, labels, num_classes, domain, num_domains,
   return (ce, iou), res
 
 
-def _own_head_losses_bwd(num_domains, ignore_id, res, cotangents):
-  del num_domains, ignore_id
+def _own_head_losses_bwd(num_domains, res, cotangents):
+  del num_domains
   p, labels, valid, in_head, n_ce, alpha, beta, domain = res
   g_ce, g_iou = cotangents
   onehot = (labels[..., None] == jnp.arange(p.shape[-1])) & valid[..., None]
@@ -221,7 +201,7 @@ def _own_head_losses_bwd(num_domains, ignore_id, res, cotangents):
 
 
 _own_head_losses = jax.custom_vjp(
-    lambda logits, labels, num_classes, domain, num_domains, ignore_id:
-    _own_head_losses_fwd(logits, labels, num_classes, domain, num_domains,
-                         ignore_id)[0], nondiff_argnums=(4, 5))
+    lambda logits, labels, num_classes, domain, num_domains:
+    _own_head_losses_fwd(logits, labels, num_classes, domain, num_domains)[0],
+    nondiff_argnums=(4,))
 _own_head_losses.defvjp(_own_head_losses_fwd, _own_head_losses_bwd)

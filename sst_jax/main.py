@@ -15,6 +15,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from sst_jax import config_lib
 from sst_jax import parallel
 from sst_jax import train
 
@@ -41,6 +42,8 @@ def main(argv):
     # Library INFO logs (checkpointing internals) would bury the progress
     # lines; --verbosity=0 brings them back.
     logging.set_verbosity(logging.WARNING)
+  # Before JAX starts: a bad config is refused before any device work.
+  config_lib.validate_config(FLAGS.config)
   parallel.split_cpu(FLAGS.config.cpu_devices)
   timeouts = FLAGS.config.multihost
   distributed = FLAGS.multihost or FLAGS.coordinator_address

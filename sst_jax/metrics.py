@@ -13,17 +13,16 @@ from sst_jax.domains import IGNORE_ID
 
 
 def confusion_matrix(pred: jnp.ndarray, label: jnp.ndarray, num_classes: int,
-                     mask: jnp.ndarray | None = None,
-                     ignore_id: int = IGNORE_ID) -> jnp.ndarray:
+                     mask: jnp.ndarray | None = None) -> jnp.ndarray:
   """``[C, C]`` int32 counts, rows = ground truth, columns = prediction.
 
-  Pixels whose label is ``ignore_id`` or out of range, or where ``mask`` is
+  Pixels whose label is ``IGNORE_ID`` or out of range, or where ``mask`` is
   false, are not counted.
   """
   # uint8 labels would wrap around in ``label * num_classes``.
   label = label.astype(jnp.int32)
   pred = pred.astype(jnp.int32)
-  valid = (label != ignore_id) & (label >= 0) & (label < num_classes)
+  valid = (label != IGNORE_ID) & (label >= 0) & (label < num_classes)
   if mask is not None:
     valid &= mask
   index = jnp.where(valid, label * num_classes + pred, 0).reshape(-1)

@@ -23,14 +23,14 @@ def split_cpu(num_devices: int) -> None:
   Call before JAX runs anything. A small model's step is many small ops that
   XLA's intra-op threads barely parallelize; on a CPU-only host, several
   devices each running its shard of the batch keep the cores busier (the
-  synthetic main job trains 1.18x faster on two cores with two devices than
-  with one). The CPU then stands in for an accelerator: the mesh covers its
-  devices and BatchNorm stays synchronized. Ignored where ``XLA_FLAGS``
-  already sets ``--xla_force_host_platform_device_count`` (the tests).
+  synthetic main job's numbers: docs/results.md, "CPU devices: two devices
+  on two cores"). The CPU then stands in for an accelerator: the mesh
+  covers its devices and BatchNorm stays synchronized. Ignored where
+  ``XLA_FLAGS`` already sets ``--xla_force_host_platform_device_count``
+  (the tests).
   Starts no backend itself (``jax.distributed.initialize`` may follow).
+  ``config_lib.validate_config`` checks ``num_devices >= 0``.
   """
-  if num_devices < 0:
-    raise ValueError(f'config.cpu_devices must be >= 0, got {num_devices}')
   if num_devices and ('xla_force_host_platform_device_count'
                       not in os.environ.get('XLA_FLAGS', '')):
     try:

@@ -16,31 +16,51 @@ from sst_jax.models import sst as sst_lib
 
 
 def compute_dtype(config):
-  if config.dtype not in ('float32', 'bfloat16'):
-    raise ValueError(f"config.dtype must be 'float32' or 'bfloat16', got "
-                     f'{config.dtype!r}')
   return jnp.bfloat16 if config.dtype == 'bfloat16' else jnp.float32
 
 
 def speed_paths():
   """The parser's implementations for the backend JAX runs on.
 
-  Asked once, where an entry point builds its model; the modules under
-  ``sst_jax/models`` never ask for the backend.
+  Asked once, where an entry point builds its model (training, evaluation,
+  export, ``sst_jax.Parser``, the benchmarks), which passes it on; the
+  builders default to the plain forms and the modules under
+  ``sst_jax/models`` never ask for the backend (``fast_paths``).
   """
   return fast_paths.for_backend(jax.default_backend())
+
+
+# XLA:CPU's options for compiling the initialization. It runs once, so its
+# compile time is almost all of its cost: LLVM's optimization level 1
+# instead of XLA's default 2 gives the same parameters bit for bit
+# (tests/test_train.py) and compiles in less time (the times:
+# docs/history.md, "Startup: initialization compiled cheaply"). Level 0
+# changes values.
+CPU_INIT_COMPILER_OPTIONS = {'xla_backend_optimization_level': 1}
+
+
+def init_compiler_options():
+  """The compiler options of the state's initialization on JAX's backend.
+
+  Asked where training initializes its state (``train.run_init``), beside
+  :func:`speed_paths`: :data:`CPU_INIT_COMPILER_OPTIONS` on the CPU, None
+  (jit's defaults) elsewhere.
+  """
+  if jax.default_backend() == 'cpu':
+    return dict(CPU_INIT_COMPILER_OPTIONS)
+  return None
 
 
 def build_models(config, domains, implementations=None):
   """The parser and (when enabled) the training-only SST module.
 
   ``implementations`` (``fast_paths.Implementations``) is what the parser
-  runs; by default the backend's speed paths (:func:`speed_paths`).
+  runs; None: the plain forms. Entry points pass the backend's speed paths
+  (:func:`speed_paths`).
   """
   model = parser_lib.make_parser(config.model, [d.name for d in domains],
                                  [d.num_classes for d in domains],
-                                 compute_dtype(config),
-                                 implementations or speed_paths())
+                                 compute_dtype(config), implementations)
   sst_model = sst_lib.make_sst(config, domains)
   return model, sst_model
 

@@ -75,7 +75,7 @@ def normalize_images(image, image_hw=None):
   return x
 
 
-def compute_losses(params, model_state, batch, rng, *, model, sst_model,
+def compute_losses(params, model_state, batch, *, model, sst_model,
                    domain_names: Sequence[str], cfg, train: bool = True):
   """All training losses for one global batch.
 
@@ -147,7 +147,7 @@ def frozen_source_sets(frozen, image, label, domain, *, model, sst_model):
       label, domain, train=False, method=type(sst_model).node_sets)
 
 
-def train_step(state: TrainState, batch: dict, rng, *, model, sst_model,
+def train_step(state: TrainState, batch: dict, *, model, sst_model,
                tx: optax.GradientTransformation, domain_names, cfg,
                lr_fn: Callable | None = None):
   """One optimizer step; returns ``(new_state, metrics)``.
@@ -156,10 +156,9 @@ def train_step(state: TrainState, batch: dict, rng, *, model, sst_model,
   update is skipped (the state only advances its step), so a checkpoint
   written later never contains NaN parameters.
   """
-  rng = jax.random.fold_in(rng, state.step)
   grad_fn = jax.value_and_grad(compute_losses, has_aux=True)
   (loss, (metrics, model_state)), grads = grad_fn(
-      state.params, state.model_state, batch, rng, model=model,
+      state.params, state.model_state, batch, model=model,
       sst_model=sst_model, domain_names=domain_names, cfg=cfg)
   finite = jnp.isfinite(loss)
 
@@ -169,7 +168,9 @@ def train_step(state: TrainState, batch: dict, rng, *, model, sst_model,
 
   # A branch, not a select per leaf: the update is computed (in place, the
   # state being donated) only when the loss is finite, and the old state is
-  # not kept alive beside the new one (a select costs 1.4x the update).
+  # not kept alive beside the new one, as selects would keep it (the times:
+  # docs/history.md, "The loss, the upsampling gradient, the optimizer
+  # branch and the renders").
   params, opt_state, model_state = jax.lax.cond(
       finite, update, lambda p, o, _: (p, o, state.model_state),
       state.params, state.opt_state, model_state)
@@ -265,8 +266,9 @@ def label_grid_logits(variables, batch, *, model,
     # One view: the upsampling of the parser's (stride-4) logits to the input
     # and the mapping onto the label grid are both linear along each axis, so
     # they compose into one [L, h] matrix per axis and sample. Applied to the
-    # low-resolution logits of the sample's own head, this is 2-4x cheaper
-    # than resizing every head's logits to the input first.
+    # low-resolution logits of the sample's own head, this skips resizing
+    # every head's logits to the input first (docs/results.md,
+    # "Evaluation").
     logits, _ = model.apply(variables, image, train=False,
                             heads=tuple(domain_names))
     lg = own_domain_logits(logits, batch['domain'], domain_names)

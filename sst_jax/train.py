@@ -28,21 +28,15 @@ from sst_jax.data import pipeline
 from sst_jax.models import sst as sst_lib
 
 
-# The initialization runs once, so on the CPU it is compiled with LLVM's
-# optimization level 1 instead of XLA's default 2: the same parameters bit
-# for bit (tests/test_train.py), in 2.3x less time for the synthetic model
-# (8.6 s against 20.1 s; docs/results.md).
-INIT_COMPILER_OPTIONS = {'xla_backend_optimization_level': 1}
-
-
 def run_init(init_fn, sharding, rng):
   """``jax.jit(init_fn, out_shardings=sharding)(rng)``, compiled cheaply.
 
-  On the CPU with ``INIT_COMPILER_OPTIONS``; elsewhere as jit does.
+  With ``recipe.init_compiler_options()``: on the CPU a cheaper LLVM
+  optimization level giving the same values, elsewhere jit's defaults.
   """
   lowered = jax.jit(init_fn, out_shardings=sharding).lower(rng)
-  options = INIT_COMPILER_OPTIONS if jax.default_backend() == 'cpu' else None
-  return lowered.compile(compiler_options=options)(rng)
+  return lowered.compile(
+      compiler_options=recipe.init_compiler_options())(rng)
 
 
 def checkpoint_metadata(config, domains, step: int) -> dict:
@@ -62,8 +56,9 @@ def merge_into(fresh, loaded, path=()):
   """Copies every leaf of ``loaded`` that ``fresh`` has, keeping new leaves.
 
   Used when continuing from a trained model with extra label domains: the
-  shared network, existing heads and memory rows are kept bit-for-bit; new
-  heads and memory rows keep their fresh initialization.
+  shared network, the existing domains' heads and SST leaves (embeddings,
+  adjacency statistics) are kept bit-for-bit; the new domains' keep their
+  fresh initialization.
 
   Raises:
     ValueError: when a shared leaf's shape differs (naming its path).
@@ -92,7 +87,10 @@ def load_init_from(config, domains, state):
                            raw['model_state'])
   if 'frozen' in model_state:
     # Dedicated parsing: the target starts as the source, and the frozen
-    # copy is the source itself (its own parameters, not merged ones).
+    # copy is the same merged tree: the source's parameters and state, and
+    # the fresh initialization of any new domain's leaves (the source has
+    # none of its own for them; the frozen source reads only the batch's
+    # source-domain rows).
     model_state['frozen'] = jax.tree.map(np.copy, {
         'params': params,
         'model_state': {k: v for k, v in model_state.items()
@@ -161,11 +159,11 @@ def jit_train_step(config, model, sst_model, tx, domain_names, lr_fn, mesh):
                         tx=tx, domain_names=domain_names, cfg=config,
                         lr_fn=lr_fn),
       donate_argnums=0,
-      in_shardings=(repl, parallel.data_sharding(mesh), repl),
+      in_shardings=(repl, parallel.data_sharding(mesh)),
       out_shardings=(repl, repl))
 
 
-def precompile_train_step(train_step, state, rng, batch_spec: dict, mesh):
+def precompile_train_step(train_step, state, batch_spec: dict, mesh):
   """Compiles ``train_step`` for batches of ``batch_spec`` before any exist.
 
   ``batch_spec`` is ``pipeline.train_batch_spec``'s ``{key: (shape, dtype)}``
@@ -176,7 +174,7 @@ def precompile_train_step(train_step, state, rng, batch_spec: dict, mesh):
   batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=data)
            for k, (shape, dtype) in batch_spec.items()}
   abstract = parallel.shapes_like(state, parallel.replicated(mesh))
-  return train_step.lower(abstract, batch, rng).compile()
+  return train_step.lower(abstract, batch).compile()
 
 
 def write_config_json(config, workdir, start_step: int):
@@ -342,12 +340,10 @@ def _timed(fn, *args):
 
 
 class TrainingData:
-  """The training batches, in two phases around the final-crop switch.
+  """The training batches, with ``config.data``'s crops.
 
-  Batches ``[0, switch)`` have ``config.data``'s crops, batches from
-  ``switch`` on (``config_lib.final_crop_start``; none when off) square
-  ``data.final_crop_size`` ones. Dedicated parsing reads the target's rows,
-  then the sources' (``config_lib.batch_groups``).
+  Dedicated parsing reads the target's rows, then the sources'
+  (``config_lib.batch_groups``).
   """
 
   def __init__(self, config, domain_names, mesh):
@@ -358,42 +354,31 @@ class TrainingData:
       self.mix = {n: float(n == config.target or aux) for n in domain_names}
     self.batch_size = config_lib.global_batch_size(config)
     parallel.local_batch_size(self.batch_size, mesh)  # checks the split
-    self.switch = config_lib.final_crop_start(config)
 
-  def data_config(self, first_index: int) -> ml_collections.ConfigDict:
-    """``config.data`` of the phase of batch ``first_index``."""
+  def data_config(self) -> ml_collections.ConfigDict:
+    """``config.data`` with the mix training reads."""
     data_cfg = self.config.data.copy_and_resolve_references()
     with data_cfg.unlocked():
       data_cfg.mix = self.mix
-      if first_index >= self.switch:
-        data_cfg.crop_size = self.config.data.final_crop_size
-        data_cfg.crop_width = 0  # square
     return data_cfg
 
-  def batch_spec(self, first_index: int) -> dict:
-    """``{key: (shape, dtype)}`` of the global batches of that phase."""
-    return pipeline.train_batch_spec(self.data_config(first_index),
-                                     self.batch_size)
+  def batch_spec(self) -> dict:
+    """``{key: (shape, dtype)}`` of the global batches."""
+    return pipeline.train_batch_spec(self.data_config(), self.batch_size)
 
   def iterator(self, first_index: int) -> parallel.DevicePrefetcher:
-    """Device batches from ``first_index`` to the phase's end.
+    """Device batches from ``first_index`` to the last step.
 
     Placed on the mesh one step ahead (``config.data.device_prefetch``).
     """
-    config, data_cfg = self.config, self.data_config(first_index)
-    stop = config.total_steps
-    if first_index >= self.switch:
-      writers.echo(f'steps {first_index + 1}-{stop}: '
-                   '{}x{} crops'.format(*pipeline.crop_hw(data_cfg)))
-    else:
-      stop = min(self.switch, stop)
+    config, data_cfg = self.config, self.data_config()
     dataset = pipeline.train_dataset(
         self.domain_names, data_cfg, self.batch_size, config.seed,
         jax.process_index(), jax.process_count(),
         groups=config_lib.batch_groups(config, self.mix))
     return parallel.DevicePrefetcher(
         pipeline.train_iterator(dataset, data_cfg, start_step=first_index,
-                                stop_step=stop),
+                                stop_step=config.total_steps),
         self.mesh, data_cfg.device_prefetch)
 
 
@@ -488,7 +473,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     data = TrainingData(config, domain_names, mesh)
 
     # Model and state ----------------------------------------------------------
-    model, sst_model = recipe.build_models(config, domains)
+    model, sst_model = recipe.build_models(config, domains,
+                                           recipe.speed_paths())
     tx = optim.make_optimizer(config.optim, total_steps)
     lr_fn = optim.learning_rate_schedule(config.optim, total_steps)
     # The state's shapes; the state itself comes from a checkpoint or from
@@ -505,6 +491,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     manager = checkpointing.make_manager(
         workdir, config.keep_checkpoints, async_save=config.async_checkpoints)
     closing.callback(manager.close)
+    # From here on SIGTERM is recorded, not fatal: it stops the run at the
+    # next point where nothing is lost (before the first step, or after one).
+    preemption = closing.enter_context(PreemptionWatch(manager))
     start_step, state, data_state = resume(manager, domains, abstract)
     if start_step >= total_steps:
       writers.echo(f'{workdir} already holds the final checkpoint (step '
@@ -516,25 +505,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     # pipeline starts (CompileAhead); on a CPU each takes tens of seconds.
     train_step = jit_train_step(config, model, sst_model, tx, domain_names,
                                 lr_fn, mesh)
-    rng = parallel.constant(lambda: jax.random.key(config.seed + 1), mesh)
     ahead = closing.enter_context(
         CompileAhead(inline=jax.process_count() > 1))
     fresh = None if state is not None else ahead.submit(
         initialize_state, config, domains, init_fn, tx, mesh)
     first_index = (data_state or {}).get('next_index', start_step)
-    compiled = final_compiled = None
+    compiled = None
     if start_step < total_steps:
       compiled = ahead.submit(precompile_train_step, train_step, abstract,
-                              rng, data.batch_spec(first_index), mesh)
+                              data.batch_spec(), mesh)
     # After the step's: it may finish during the first training steps.
     evaluation = TrainingEvaluation(config, model, sst_model, mesh, domains,
                                     writer, workdir)
     evaluation.compile_ahead(ahead, abstract)
-    if first_index < data.switch < total_steps:
-      # The final phase's step (larger crops), ready by the switch.
-      final_compiled = ahead.submit(precompile_train_step, train_step,
-                                    abstract, rng,
-                                    data.batch_spec(data.switch), mesh)
     t0 = time.perf_counter()
     data_iter = data.iterator(first_index)
     pipeline_s = time.perf_counter() - t0
@@ -554,20 +537,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
                  f'domains {", ".join(domain_names)}')
     progress = writers.Progress(total_steps, start_step, data.batch_size)
     pending, last_flush, results, step = [], start_step, None, start_step
-    preemption = closing.enter_context(PreemptionWatch(manager))
     parallel.sync_processes('training start', sync_timeout_s)
+    stop = preemption.reason(start_step)
+    if stop:  # during startup: nothing trained since the last checkpoint
+      writers.echo(f'stopped by {stop} before step {start_step + 1}; nothing '
+                   'to save since ' + (f'checkpoint {start_step}' if start_step
+                                       else 'the start') +
+                   '; run the same command to resume')
+      return None
     t_start = time.perf_counter()
     # The steps make no implicit host<->device transfer (a hidden sync stalls
     # an accelerator); checkpoints and evaluations allow theirs.
     with jax.transfer_guard(config.transfer_guard):
       while step < total_steps:
-        if step == data.switch and step != start_step:
-          if final_compiled is not None:
-            final_compiled.result()  # rather than compiling it a second time
-          data_iter = data.iterator(step)
-          parallel.sync_processes('final crop phase', sync_timeout_s)
         batch = next(data_iter)  # placed on the mesh a step ahead
-        state, metrics = train_step(state, batch, rng)
+        state, metrics = train_step(state, batch)
         step += 1
         pending.append(metrics)
         is_last = step == total_steps

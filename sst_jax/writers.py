@@ -36,8 +36,8 @@ class MetricWriter:
   calls it at every log step); ``close`` flushes and releases the files.
   """
 
-  def __init__(self, workdir: str | os.PathLike, enabled: bool | None = None):
-    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+  def __init__(self, workdir: str | os.PathLike):
+    self.enabled = jax.process_index() == 0
     self._tb = self._jsonl = self._lines = None
     if not self.enabled:
       return

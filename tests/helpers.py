@@ -1,5 +1,8 @@
 """Helpers shared by the tests."""
 
+import json
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,6 +24,21 @@ def random_like(abstract, seed: int = 0):
     return rng.normal(0, 0.3, leaf.shape).astype(leaf.dtype)
 
   return jax.tree_util.tree_map_with_path(fill, abstract)
+
+
+def expected_torch_shapes(target_variables, name_fn):
+  """The PyTorch state dict (names and shapes) a target tree would accept.
+
+  ``{torch_name: shape}`` for ``pretrained.import_state_dict`` with
+  ``name_fn``: what a fake checkpoint needs to load into ``target_variables``.
+  """
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  from sst_jax.models import pretrained  # pylint: disable=g-import-not-at-top
+  # pylint: disable=protected-access
+  flat = traverse_util.flatten_dict(dict(target_variables))
+  return {name: pretrained._flax_shape_to_torch(flat[key].shape, key[-1])
+          for name, key in pretrained._name_table(target_variables,
+                                                  name_fn).items()}
 
 
 def write_workdir(workdir, variant=None, seed: int = 0, step: int = 3,
@@ -109,3 +127,63 @@ def tiny_config(arg='baseline', **overrides):
         node = node[p]
       node[leaf] = value
   return config
+
+
+def jit_train_setup(config):
+  """Domain names, the parser, a jit-initialized state and the jitted step.
+
+  The step is ``steps.train_step`` under plain ``jax.jit`` (one device, no
+  donation).
+  """
+  # pylint: disable=g-import-not-at-top
+  import functools
+  from sst_jax import config_lib
+  from sst_jax import optim
+  from sst_jax import recipe
+  from sst_jax import steps
+  # pylint: enable=g-import-not-at-top
+  domains = config_lib.validate_config(config)
+  names = [d.name for d in domains]
+  model, sst_model = recipe.build_models(config, domains)
+  tx = optim.make_optimizer(config.optim, config.total_steps)
+  state = jax.jit(functools.partial(
+      recipe.init_train_state, model=model, sst_model=sst_model, tx=tx,
+      image_size=config.data.crop_size))(jax.random.key(0))
+  step = jax.jit(functools.partial(
+      steps.train_step, model=model, sst_model=sst_model, tx=tx,
+      domain_names=names, cfg=config))
+  return names, model, state, step
+
+
+def assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
+  """Leaf by leaf ``assert_allclose``; a failure names the leaf's path."""
+  la = jax.tree_util.tree_leaves_with_path(a)
+  lb = jax.tree.leaves(b)
+  assert len(la) == len(lb)
+  for (path, x), y in zip(la, lb):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol,
+                               atol=atol, err_msg=jax.tree_util.keystr(path))
+
+
+def random_record(rng, h=24, w=30, c=20):
+  """A decoded example: random uint8 ``image`` and ``label`` below ``c``."""
+  return {'image': rng.integers(0, 255, (h, w, 3), dtype=np.uint8),
+          'label': rng.integers(0, c, (h, w), dtype=np.uint8)}
+
+
+def train_steps(workdir) -> list[int]:
+  """The train steps in ``workdir``'s ``metrics.jsonl`` so far.
+
+  The file may be being written: a partial last line is skipped.
+  """
+  path = pathlib.Path(workdir) / 'metrics.jsonl'
+  steps = []
+  if path.exists():
+    for line in path.read_text().splitlines():
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:  # a line being written
+        continue
+      if record['kind'] == 'train':
+        steps.append(record['step'])
+  return steps

@@ -101,24 +101,45 @@ def test_count_flops_grows_with_the_image_and_counts_the_backward():
 
 def test_ablation_table_pairs_each_seed_with_the_reference_row():
   import ablation  # pylint: disable=g-import-not-at-top
-  rows = [('base', 'baseline', None), ('sst', 'sst', None)]
+  rows = [ablation.Row('base', 'baseline'), ablation.Row('sst', 'sst'),
+          ablation.Row('learned', 'sst', extra=('sst.intra=learned',),
+                       reference='sst')]
   results = {('baseline', 0): {'synthetic_pascal': 0.50},
              ('baseline', 1): {'synthetic_pascal': 0.60},
              ('sst', 0): {'synthetic_pascal': 0.52},
-             ('sst', 1): {'synthetic_pascal': 0.64}}
+             ('sst', 1): {'synthetic_pascal': 0.64},
+             ('sst sst.intra=learned', 0): {'synthetic_pascal': 0.50},
+             ('sst sst.intra=learned', 1): {'synthetic_pascal': 0.66}}
   lines = ablation.table(rows, results, [0, 1])
-  assert lines[2].startswith('| base (`baseline`) | 0.550 ± 0.050 |')
-  # Per-seed differences +0.02 and +0.04: mean +0.030, spread 0.010 (the
-  # unpaired spreads, 0.050 and 0.060, would hide it).
-  assert lines[3].endswith('| 0.580 ± 0.060 | pascal +0.030 ± 0.010 |')
+  # Sample standard deviations (ddof 1) of two seeds.
+  assert lines[2].startswith('| base (`baseline`) | 0.550 ± 0.071 |')
+  # Per-seed differences +0.02 and +0.04: mean +0.030, spread 0.014 (the
+  # unpaired spreads, 0.071 and 0.085, would hide it).
+  assert lines[3].endswith(
+      '| 0.580 ± 0.085 | pascal +0.030 ± 0.014 (against `baseline`) |')
+  # A row paired with the reference it names (-0.02 and +0.02 against sst).
+  assert lines[4].startswith(
+      '| learned (`sst --config.sst.intra=learned`) | 0.580 ± 0.113 | '
+      'pascal +0.000 ± 0.028 (against `sst`) |')
+  with pytest.raises(ValueError, match='two seeds'):
+    ablation.table(rows, results, [0])
   assert set(ablation.GROUPS) == {'universal', 'dedicated', 'scalability',
                                   'low_data'}
+  # Every run has its own workdir.
+  keys = {row.key for group in ablation.GROUPS.values() for row in group}
+  assert len({ablation.workdir_of('/r', k, 0) for k in keys}) == len(keys)
+  # Every scalability SST row is paired with the baseline of its domain set.
+  for row in ablation.GROUPS['scalability']:
+    if row.arg.startswith('sst'):
+      assert row.reference.replace('baseline', 'sst') == row.arg or (
+          row.arg == 'sst,domains=pascal' and row.reference == 'pascal')
   from configs import synthetic  # every row's config resolves
-  from sst_jax import config_lib  # pylint: disable=g-import-not-at-top
   for group in ablation.GROUPS.values():
-    for _, arg, source in group:
-      config = synthetic.get_config(arg)
-      if source:
-        config.init_from = ablation.workdir_of('/tmp', source, 0)
-        config_lib.validate_config(config)
-        synthetic.get_config(source)
+    for row in group:
+      config = synthetic.get_config(row.arg)
+      compare_step.apply_overrides(config, ','.join(row.extra))
+      if row.source:
+        config.init_from = ablation.workdir_of('/tmp', row.source, 0)
+      config_lib.validate_config(config)
+      if row.source:
+        synthetic.get_config(row.source)

@@ -118,7 +118,7 @@ def test_flops_counted_on_the_host_cpu_equal_the_lowered_count():
   args.batch = 8
   config = train_step.load_config('baseline', args)
   setup = train_step.setup_train_step(config)
-  step_args = (setup['state'], setup['batch'], setup['rng'])
+  step_args = (setup['state'], setup['batch'])
   lowered = setup['step_fn'].lower(*step_args)
   native = train_step.flops_per_image(lowered, setup['step_fn'], step_args, 8)
 

@@ -1,7 +1,7 @@
 """The host-to-device path: uint8 batches, device prefetch, workers, bfloat16.
 
-* Images cross as uint8 and are normalized in the compiled steps: the same
-  network inputs, losses and updates as host-normalized float32 batches.
+* Images cross as uint8, a quarter of float32's bytes (normalized in the
+  compiled steps: tests/test_steps.py).
 * The train loop places batches a step ahead and makes no host<->device
   transfer besides that placement and one metrics fetch per log interval.
 * Worker processes give the same batches as threads, from any step.
@@ -30,73 +30,9 @@ from sst_jax import recipe
 from sst_jax import steps
 from sst_jax import train
 from sst_jax.data import pipeline
-from sst_jax.data import transforms
-
-
-def setup(config):
-  domains = config_lib.validate_config(config)
-  names = [d.name for d in domains]
-  model, sst_model = recipe.build_models(config, domains)
-  tx = optim.make_optimizer(config.optim, config.total_steps)
-  state = jax.jit(functools.partial(
-      recipe.init_train_state, model=model, sst_model=sst_model, tx=tx,
-      image_size=config.data.crop_size))(jax.random.key(0))
-  step = jax.jit(functools.partial(
-      steps.train_step, model=model, sst_model=sst_model, tx=tx,
-      domain_names=names, cfg=config))
-  return names, model, state, step
-
-
-def host_normalized(image):
-  """What the pipeline used to send: float32 ``(pixel - mean) / std``."""
-  x = image.astype(np.float32)
-  x -= transforms.IMAGENET_MEAN
-  x /= transforms.IMAGENET_STD
-  return x
 
 
 # 1. uint8 across the wire.
-
-
-def test_uint8_batches_train_and_evaluate_as_host_normalized_float32():
-  config = helpers.tiny_config()
-  names, model, state, step = setup(config)
-  batch = pipeline.train_dataset(names, config.data, 8, seed=0)[0]
-  assert batch['image'].dtype == np.uint8
-  assert pipeline.train_batch_spec(config.data, 8)['image'][1] == np.uint8
-  np.testing.assert_allclose(steps.normalize_images(batch['image']),
-                             host_normalized(batch['image']), rtol=1e-6,
-                             atol=1e-6)
-  # The same update from the uint8 batch as from the float32 one.
-  rng = jax.random.key(1)
-  got_state, got = step(state, batch, rng)
-  want_state, want = step(state, dict(batch, image=host_normalized(
-      batch['image'])), rng)
-  assert float(got['loss']) == pytest.approx(float(want['loss']), rel=1e-5)
-  for a, b in zip(jax.tree.leaves(got_state.params),
-                  jax.tree.leaves(want_state.params)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-
-  # Evaluation: the uint8 canvas with its extent is the float32 canvas
-  # evaluation built before, padding exactly 0 (the mean colour).
-  batches, _ = pipeline.eval_batches(names[1], 1, config.data, 4)
-  batch = next(iter(batches))
-  assert batch['image'].dtype == np.uint8
-  assert ({k: (v.shape, v.dtype) for k, v in batch.items()} ==
-          pipeline.eval_batch_spec(config.data, 4))
-  reference = np.zeros(batch['image'].shape, np.float32)
-  for i, (h, w) in enumerate(batch['image_hw']):
-    reference[i, :h, :w] = host_normalized(batch['image'][i, :h, :w])
-  got = steps.normalize_images(batch['image'], batch['image_hw'])
-  np.testing.assert_allclose(got, reference, rtol=1e-6, atol=1e-6)
-  variables = steps.parser_variables(state.params, state.model_state)
-  logits = functools.partial(steps.label_grid_logits, model=model,
-                             domain_names=tuple(names))
-  np.testing.assert_allclose(
-      logits(variables, batch), logits(variables, dict(batch, image=reference)),
-      rtol=1e-5, atol=1e-5)
-  with pytest.raises(TypeError, match='uint8'):
-    steps.normalize_images(batch['image'].astype(np.int32))
 
 
 def test_uint8_canvas_is_a_quarter_of_the_float32_bytes():
@@ -208,8 +144,7 @@ def test_the_train_step_donates_the_state():
   step = train.jit_train_step(config, model, sst_model, tx, names, None, mesh)
   batch = parallel.shard_batch(
       pipeline.train_dataset(names, config.data, 8, seed=0)[0], mesh)
-  rng = parallel.constant(lambda: jax.random.key(1), mesh)
-  new_state, _ = step(state, batch, rng)
+  new_state, _ = step(state, batch)
   jax.block_until_ready(new_state)
   leaves = jax.tree.leaves(state)
   assert leaves and all(x.is_deleted() for x in leaves)
@@ -316,7 +251,7 @@ def test_bfloat16_computes_in_bfloat16_and_keeps_float32_state():
            pipeline.train_batch_spec(config.data, 8).items()}
   step = functools.partial(steps.train_step, model=model, sst_model=sst_model,
                            tx=tx, domain_names=names, cfg=config)
-  jaxpr = jax.make_jaxpr(step)(state, batch, jax.random.key(1))
+  jaxpr = jax.make_jaxpr(step)(state, batch)
   flops = conv_and_matmul_flops(jaxpr)
   # Forward and backward convolutions and matmuls: all but the selection of
   # each sample's head logits before the float32 loss.
@@ -325,7 +260,7 @@ def test_bfloat16_computes_in_bfloat16_and_keeps_float32_state():
   ops = reductions(jaxpr)
   assert not [op for op in ops if op[1] == 'bfloat16'], ops
   assert ops[('exp', 'float32')] and ops[('rsqrt', 'float32')]
-  new_state, metrics = jax.eval_shape(step, state, batch, jax.random.key(1))
+  new_state, metrics = jax.eval_shape(step, state, batch)
   assert {x.dtype for x in jax.tree.leaves(new_state.params)} == {
       jnp.dtype(jnp.float32)}
   assert all(m.dtype == jnp.float32 for m in jax.tree.leaves(metrics))
@@ -341,11 +276,11 @@ def test_bfloat16_training_tracks_the_float32_loss():
   losses = {}
   for dtype in ('float32', 'bfloat16'):
     config = helpers.tiny_config(dtype=dtype, total_steps=12)
-    names, _, state, step = setup(config)
+    names, _, state, step = helpers.jit_train_setup(config)
     dataset = pipeline.train_dataset(names, config.data, 8, seed=0)
     losses[dtype] = []
     for i in range(12):
-      state, metrics = step(state, dataset[i], jax.random.key(1))
+      state, metrics = step(state, dataset[i])
       losses[dtype].append(metrics['loss'])
     losses[dtype] = np.asarray(jax.device_get(losses[dtype]))
   f32, bf16 = losses['float32'], losses['bfloat16']

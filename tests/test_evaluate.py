@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from configs import tiny
+import helpers
 from sst_jax import evaluate
 from sst_jax import export
 from sst_jax import train
@@ -187,7 +188,7 @@ def test_schp_checkpoint_is_scored_with_schp_preprocessing(tmp_path, capsys):
       num_classes={'synthetic_pascal': 7}, backbone='resnet50', width=4,
       context_features=8, edge_features=8, decoder_features=8,
       skip_features=8, fusion_features=8)
-  shapes = pretrained.expected_torch_shapes(
+  shapes = helpers.expected_torch_shapes(
       pretrained.abstract_variables(module), pretrained.schp_name_fn())
   rng = np.random.default_rng(0)
   state = {k: (rng.uniform(0.5, 1.5, s) if k.endswith('running_var')

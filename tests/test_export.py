@@ -125,7 +125,7 @@ def test_exported_forward_has_baseline_flops(universal):
   def loss_flops(sst_model):
     def f(p, s, b):
       return steps.compute_losses(
-          p, s, b, jax.random.key(0), model=universal['model'],
+          p, s, b, model=universal['model'],
           sst_model=sst_model, domain_names=heads, cfg=universal['config'],
           train=False)[0]
     # Pre-compilation HLO cost analysis: enough to compare, and fast.
@@ -221,6 +221,19 @@ def test_dedicated_export_keeps_only_target_head(tmp_path):
     assert sorted(k for k in variables[col] if k.startswith('head_')) == [
         f'head_{target}']
   assert module.num_classes == {target: 7}
+  # The values are the trained target's, bit for bit, not the frozen
+  # source's (random_like draws the two copies independently, so every
+  # leaf differs between them).
+  _, params, model_state, _ = export_lib.load_checkpoint(workdir)
+  frozen = model_state['frozen']
+  flat = _flat(variables)
+  target_leaves = _flat(steps.parser_variables(params, model_state))
+  source_leaves = _flat(steps.parser_variables(frozen['params'],
+                                               frozen['model_state']))
+  assert flat and set(flat) <= set(target_leaves)
+  for k, v in flat.items():
+    np.testing.assert_array_equal(v, target_leaves[k])
+    assert not np.array_equal(v, source_leaves[k]), k
   logits, _ = module.apply(variables, jnp.asarray(_image(1)))
   assert set(logits) == {target}
   # Selecting heads explicitly overrides the default, and is checked.

@@ -7,12 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import helpers
 from sst_jax import config_lib
 from sst_jax import recipe
 from sst_jax.models import fast_paths
 from sst_jax.models import layers
 from sst_jax.models import parser as parser_lib
 from sst_jax.models import resnet
+from sst_jax.models import schp
 
 PLAIN = fast_paths.Implementations()
 
@@ -83,6 +85,25 @@ def test_the_backend_is_asked_once_where_the_model_is_built(monkeypatch):
     return jnp.sum(logits['a'] ** 2)
 
   jax.grad(loss)(variables['params'])
+
+
+def test_the_library_builders_default_to_the_plain_forms(monkeypatch):
+  """Only the entry points ask for the speed paths (``recipe.speed_paths``)."""
+  config = helpers.tiny_config()
+  domains = config_lib.validate_config(config)
+
+  def unexpected():
+    raise AssertionError('a library builder asked for the backend')
+
+  monkeypatch.setattr(jax, 'default_backend', unexpected)
+  model, _ = recipe.build_models(config, domains)
+  assert model.implementations == PLAIN
+  assert parser_lib.make_parser(config.model, ['a'],
+                                [3]).implementations == PLAIN
+  assert schp.AugmentCE2P(num_classes={'lip': 20}).implementations == PLAIN
+  backbone = resnet.make_resnet('resnet_tiny')
+  assert (backbone.conv, backbone.residual_act) == (PLAIN.conv,
+                                                    PLAIN.residual_act)
 
 
 @pytest.mark.parametrize('shape,kernel,strides,padding,dilation', [

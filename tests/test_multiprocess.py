@@ -8,27 +8,49 @@ parameters agree to 1e-5 (relative). Then the multi-process run is resumed
 from its checkpoint and must continue to the new final step.
 
 The resumed run holds one process back by 45 s (``tests/slow_process.py``):
-the others must wait for it, not fail in a collective. The slowest test of
-the suite (three short training runs, ~4-5 minutes on a 2-core CPU): most of
-it is XLA compilation in each process and the 45 s wait.
+the others must wait for it, not fail in a collective.
+
+Preemption with several processes: a 12-step run with paced batches
+(``tests/paced_process.py``) gets SIGTERM in process 1 only, once step 2 is
+logged. jax.distributed's preemption service must stop both processes at
+the step they agree on (orbax's ``reached_preemption``), save it (off the
+regular checkpoints), and exit 0; the same command then resumes from that
+step to the final one.
+
+The slowest tests of the suite (five short training runs, 4.5-7.5 minutes
+on a 2-core CPU depending on its load, 1-3.5 of them the preemption test):
+most of it is XLA compilation in each process, the 45 s wait and the paced
+batches.
 """
 
+import contextlib
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
+import helpers
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LAUNCH = REPO / 'launch' / 'local_multiprocess.sh'
 SLOW = REPO / 'tests' / 'slow_process.py'
+PACED = REPO / 'tests' / 'paced_process.py'
 # Longer than the CPU collectives' own wait (gloo gives up after ~30 s).
 SLOW_SECONDS = 45
 STEPS = 2
 RESUME_STEPS = 4
+# The preempted run: SIGTERM to process 1 once step 2 is logged, with the
+# batches paced so that it arrives mid-run; the stop step (the sync point
+# the processes agree on) falls between the regular checkpoints.
+PREEMPT_STEPS = 12
+PREEMPT_CHECKPOINT_EVERY = 10
+PACE_SECONDS = 0.5
 # Eval stays on (train.py always evaluates the final step) but is tiny.
 OVERRIDES = {
     'total_steps': STEPS,
@@ -46,22 +68,39 @@ def _flags(overrides):
   return [f'--config.{k}={v}' for k, v in overrides.items()]
 
 
-def _run_multiprocess(workdir, overrides, slow_process=None):
-  """Runs the launcher; ``slow_process=(i, seconds)`` holds process i back."""
-  python = sys.executable
-  if slow_process is not None:
-    # The launcher calls $PYTHON for sst_jax.main (and for a free port).
-    python = str(pathlib.Path(workdir) / 'python_with_slow_process')
-    pathlib.Path(python).write_text(
-        '#!/usr/bin/env bash\n'
-        'if [[ "$1" == -m ]]; then\n'
-        f'  exec {sys.executable} {SLOW} {slow_process[0]} {slow_process[1]} '
-        '"$@"\nfi\n'
-        f'exec {sys.executable} "$@"\n')
-    os.chmod(python, 0o755)
+def _interpreter(path, main_command):
+  """A ``$PYTHON`` for the launcher that runs ``main_command`` for the job.
+
+  The launcher calls ``$PYTHON -m sst_jax.main FLAGS...`` for each process
+  (and ``$PYTHON -c ...`` for a free port, left unchanged); ``main_command``
+  is a bash line run instead of the former, with those arguments in ``$@``.
+  """
+  pathlib.Path(path).write_text(
+      '#!/usr/bin/env bash\n'
+      'if [[ "$1" == -m ]]; then\n'
+      f'  {main_command}\n'
+      'fi\n'
+      f'exec {sys.executable} "$@"\n')
+  os.chmod(path, 0o755)
+  return str(path)
+
+
+def _launch(workdir, overrides, python=sys.executable):
+  """The launcher's command line and environment, for ``subprocess``."""
   env = dict(os.environ, PYTHON=python)
   cmd = ['bash', str(LAUNCH), '2', '4', str(workdir),
          '--config=configs/tiny.py:baseline'] + _flags(overrides)
+  return cmd, env
+
+
+def _run_multiprocess(workdir, overrides, slow_process=None, python=None):
+  """Runs the launcher; ``slow_process=(i, seconds)`` holds process i back."""
+  if slow_process is not None:
+    python = _interpreter(
+        pathlib.Path(workdir) / 'python_with_slow_process',
+        f'exec {sys.executable} {SLOW} {slow_process[0]} {slow_process[1]} '
+        '"$@"')
+  cmd, env = _launch(workdir, overrides, python or sys.executable)
   proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=900)
   assert proc.returncode == 0, (
@@ -154,3 +193,85 @@ def test_multiprocess_resumes_from_checkpoint_with_a_slow_process(runs):
   assert all(np.isfinite(v) for v in losses.values())
   state = _restore_state(multi, RESUME_STEPS)
   assert int(state['step']) == RESUME_STEPS
+
+
+def _job_pids(workdir, process_id=None) -> list[int]:
+  """PIDs of this job's sst_jax processes (``process_id``: only that one)."""
+  pids = []
+  for proc in pathlib.Path('/proc').iterdir():
+    if not proc.name.isdigit():
+      continue
+    try:
+      args = (proc / 'cmdline').read_bytes().decode().split('\0')
+    except OSError:  # it has exited
+      continue
+    if f'--workdir={workdir}' in args and (
+        process_id is None or f'--process_id={process_id}' in args):
+      pids.append(int(proc.name))
+  return pids
+
+
+def test_sigterm_to_one_process_stops_the_job_at_a_common_step(tmp_path):
+  """SIGTERM to process 1 only: every process saves one step and exits 0.
+
+  jax.distributed's preemption service catches the signal in process 1,
+  tells process 0, and both stop at the sync point they agree on
+  (``CheckpointManager.reached_preemption``), off the regular checkpoints.
+  The same command then resumes from that step and finishes.
+  """
+  workdir = tmp_path / 'preempted'
+  overrides = dict(OVERRIDES, total_steps=PREEMPT_STEPS,
+                   checkpoint_every=PREEMPT_CHECKPOINT_EVERY,
+                   async_checkpoints=True)
+  python = _interpreter(
+      tmp_path / 'python_with_paced_batches',
+      f'shift 2; exec {sys.executable} {PACED} {PACE_SECONDS} "$@"')
+  cmd, env = _launch(workdir, overrides, python)
+  launcher_log = tmp_path / 'launcher.log'
+  with open(launcher_log, 'w') as f:
+    launcher = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f,
+                                stderr=subprocess.STDOUT)
+  try:
+    deadline = time.monotonic() + 900
+    while max(helpers.train_steps(workdir), default=0) < 2:
+      assert launcher.poll() is None, launcher_log.read_text()[-4000:]
+      assert time.monotonic() < deadline, 'no training step within 900 s'
+      time.sleep(0.05)
+    pids = _job_pids(workdir, process_id=1)
+    assert len(pids) == 1, pids
+    os.kill(pids[0], signal.SIGTERM)
+    launcher.wait(timeout=900)
+  finally:
+    if launcher.poll() is None:  # a failure above: leave nothing running
+      # SIGKILL: the processes catch SIGTERM (the preemption service).
+      for pid in _job_pids(workdir):
+        with contextlib.suppress(ProcessLookupError):
+          os.kill(pid, signal.SIGKILL)
+      launcher.terminate()  # its trap stops its `tail -f` too
+      launcher.wait(timeout=60)
+  assert launcher.returncode == 0, (
+      f'exit status {launcher.returncode}:\n'
+      f'{launcher_log.read_text()[-4000:]}')
+  log = (workdir / 'logs' / 'process_0.log').read_text()
+
+  # Both processes saved one checkpoint, of a step between the regular ones.
+  from sst_jax import checkpointing
+  manager = checkpointing.make_manager(str(workdir), async_save=False,
+                                       create=False)
+  saved = manager.all_steps()
+  manager.close()
+  assert len(saved) == 1, saved
+  stop = saved[0]
+  assert 2 <= stop < PREEMPT_STEPS and stop % PREEMPT_CHECKPOINT_EVERY, saved
+  assert (f'stopped by a preemption notice (jax.distributed sync point) '
+          f'after step {stop}: checkpoint {stop} saved in {workdir}/'
+          'checkpoints; run the same command to resume') in log, log[-2000:]
+  assert max(helpers.train_steps(workdir)) == stop
+
+  # The same command resumes there and finishes.
+  _run_multiprocess(workdir, overrides, python=python)
+  log = (workdir / 'logs' / 'process_0.log').read_text()
+  assert f'resuming from {workdir}/checkpoints step {stop}' in log, log[-2000:]
+  assert sorted(set(helpers.train_steps(workdir))) == list(
+      range(1, PREEMPT_STEPS + 1))
+  assert int(_restore_state(workdir, PREEMPT_STEPS)['step']) == PREEMPT_STEPS

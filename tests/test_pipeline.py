@@ -156,9 +156,8 @@ def test_threaded_iterator_resumes_exactly(fake_sources):
   assert_batches_equal([next(resumed) for _ in range(3)], reference[2:5])
 
 
-@pytest.mark.parametrize('batching', ['mixed', 'per_domain'])
-def test_process_shards_concatenate_to_global_batch(fake_sources, batching):
-  cfg = data_config(batching=batching)
+def test_process_shards_concatenate_to_global_batch(fake_sources):
+  cfg = data_config()
   whole = pipeline.train_dataset(NAMES, cfg, 8, seed=0)
   parts = [pipeline.train_dataset(NAMES, cfg, 8, seed=0, process_index=p,
                                   process_count=2) for p in range(2)]
@@ -203,22 +202,9 @@ def test_fixed_composition_is_checked(fake_sources):
   with pytest.raises(ValueError, match=r'\[5, 3\] does not add up .* 9'):
     pipeline.train_dataset(NAMES, data_config(), 9, seed=0,
                            groups=COMPOSITION)
-  with pytest.raises(ValueError, match="batching='mixed'"):
-    pipeline.train_dataset(NAMES, data_config(batching='per_domain'), 8,
-                           seed=0, groups=COMPOSITION)
   with pytest.raises(ValueError, match="'lip', not one of"):
     pipeline.train_dataset(NAMES, data_config(), 8, seed=0,
                            groups=[({'cihp': 1.0}, 5), ({'lip': 1.0}, 3)])
-
-
-def test_per_domain_batching_gives_single_domain_batches(fake_sources):
-  cfg = data_config(crop_size=8, batching='per_domain')
-  ds = pipeline.train_dataset(NAMES, cfg, 8, seed=0)
-  kinds = []
-  for batch in batches(ds, 12):
-    assert len(set(batch['domain'].tolist())) == 1
-    kinds.append(int(batch['domain'][0]))
-  assert set(kinds) == {0, 1}
 
 
 @pytest.mark.parametrize('process_count', [1, 2])

@@ -216,7 +216,7 @@ def test_schp_checkpoint_file(tmp_path):
       num_classes={'pascal_person_part': 7}, backbone='resnet50', width=4,
       context_features=8, edge_features=8, decoder_features=8,
       skip_features=8, fusion_features=8)
-  shapes = pretrained.expected_torch_shapes(
+  shapes = helpers.expected_torch_shapes(
       pretrained.abstract_variables(module), pretrained.schp_name_fn())
   rng = np.random.default_rng(0)
   state = {k: (rng.uniform(0.5, 1.5, s) if k.endswith('running_var')

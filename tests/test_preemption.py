@@ -8,7 +8,6 @@ interrupted and must end with the parameters, bit for bit, of an
 uninterrupted run of the same config.
 """
 
-import json
 import os
 import pathlib
 import signal
@@ -22,6 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+import helpers
 from configs import tiny
 from sst_jax import checkpointing
 from sst_jax import train
@@ -42,19 +42,6 @@ FLAGS = [
     '--config.eval.num_vis=0',
     '--config.data.max_eval_examples=8',
 ]
-
-
-def _train_steps(metrics: pathlib.Path) -> list[int]:
-  steps = []
-  if metrics.exists():
-    for line in metrics.read_text().splitlines():
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError:  # a line being written
-        continue
-      if record['kind'] == 'train':
-        steps.append(record['step'])
-  return steps
 
 
 def _start(cmd, log: pathlib.Path) -> subprocess.Popen:
@@ -86,7 +73,7 @@ def test_sigterm_saves_the_current_step_and_the_rerun_resumes_exactly(
                           f'--workdir={full}'] + FLAGS, tmp_path / 'full.log')
   proc = _start(command, tmp_path / 'preempted.log')
   deadline = time.monotonic() + 600
-  while max(_train_steps(preempted / 'metrics.jsonl'), default=0) < 2:
+  while max(helpers.train_steps(preempted), default=0) < 2:
     assert proc.poll() is None, (tmp_path / 'preempted.log').read_text()
     assert time.monotonic() < deadline, 'no training step within 600 s'
     time.sleep(0.05)
@@ -102,14 +89,14 @@ def test_sigterm_saves_the_current_step_and_the_rerun_resumes_exactly(
   assert 2 <= stop < TOTAL_STEPS and stop % CHECKPOINT_EVERY, saved
   assert (f'stopped by SIGTERM after step {stop}: checkpoint {stop} saved in '
           f'{preempted}/checkpoints; run the same command to resume') in log
-  assert max(_train_steps(preempted / 'metrics.jsonl')) == stop
+  assert max(helpers.train_steps(preempted)) == stop
   assert [p.name for p in preempted.glob('config*.json')] == ['config.json']
 
   # The same command resumes there and ends where the uninterrupted run does.
   proc = _start(command, tmp_path / 'resumed.log')
   log = _finish(proc, tmp_path / 'resumed.log')
   assert f'resuming from {preempted}/checkpoints step {stop}' in log
-  assert sorted(set(_train_steps(preempted / 'metrics.jsonl'))) == list(
+  assert sorted(set(helpers.train_steps(preempted))) == list(
       range(1, TOTAL_STEPS + 1))
   # Same config: config.json is kept and no other config file appears.
   assert [p.name for p in preempted.glob('config*.json')] == ['config.json']
@@ -208,4 +195,31 @@ def test_an_error_closes_the_writers_and_manager_and_restores_the_handler(
   assert signal.getsignal(signal.SIGTERM) is before
   assert sorted(closed) == ['CheckpointManager', 'MetricWriter']
   # Every step trained before the error is in metrics.jsonl.
-  assert _train_steps(tmp_path / 'metrics.jsonl') == [1, 2, 3, 4]
+  assert helpers.train_steps(tmp_path) == [1, 2, 3, 4]
+
+
+def test_sigterm_during_startup_stops_before_the_first_step(
+    tmp_path, monkeypatch, capsys):
+  config = tiny.get_config('baseline')
+  with config.unlocked():
+    config.update(total_steps=4, checkpoint_every=2, log_every=1,
+                  eval_every=0, async_checkpoints=False)
+  original = pipeline.train_iterator
+
+  def signalled(*args, **kwargs):
+    # The input pipeline starts after the watch is installed and before the
+    # first step, while the state is initialized and the step compiled.
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.1)
+    return original(*args, **kwargs)
+
+  monkeypatch.setattr(pipeline, 'train_iterator', signalled)
+  before = signal.getsignal(signal.SIGTERM)
+  assert train.train_and_evaluate(config, str(tmp_path)) is None
+  assert signal.getsignal(signal.SIGTERM) is before
+  assert 'stopped by SIGTERM before step 1' in capsys.readouterr().out
+  assert helpers.train_steps(tmp_path) == []
+  # The rerun trains from the start.
+  monkeypatch.setattr(pipeline, 'train_iterator', original)
+  assert train.train_and_evaluate(config, str(tmp_path)) is not None
+  assert helpers.train_steps(tmp_path) == [1, 2, 3, 4]

@@ -16,6 +16,7 @@ torch = pytest.importorskip('torch')
 from torch import nn  # pylint: disable=g-import-not-at-top
 from torch.nn import functional as F  # pylint: disable=g-import-not-at-top
 
+import helpers  # pylint: disable=g-import-not-at-top
 from sst_jax.models import parser  # pylint: disable=g-import-not-at-top
 from sst_jax.models import pretrained
 from sst_jax.models import resnet
@@ -497,7 +498,7 @@ def test_schp_resnet101_key_set(domain, num_classes):
   assert config['num_classes'] == num_classes
   module = schp.AugmentCE2P(num_classes={domain: num_classes})
   target = pretrained.abstract_variables(module, (473, 473))
-  ours = pretrained.expected_torch_shapes(target, pretrained.schp_name_fn())
+  ours = helpers.expected_torch_shapes(target, pretrained.schp_name_fn())
   assert ours == expected
   # Every target leaf is named: nothing would be left unloaded.
   assert len(jax.tree.leaves(target)) == len(ours)

@@ -25,13 +25,13 @@ CONFIG_FILES = sorted(p.name for p in CONFIG_DIR.glob('*.py')
 
 # The variant arguments each config's docstring documents (None = default).
 _SYNTHETIC_VARIANTS = [None, 'baseline', 'pascal', 'dedicated', 'finetune',
-                       'msa_mse', 'msa_mst']
+                       'msa_mse']
 VARIANTS = {
     'synthetic.py': _SYNTHETIC_VARIANTS,
     'tiny.py': _SYNTHETIC_VARIANTS,
     'universal_r101.py': [None, 'lip', 'with_lip', 'baseline',
                           'with_lip,baseline,data_dir=/data/tfds', 'msa_mse',
-                          'msa_mst', 'pascal_person_part'],
+                          'pascal_person_part'],
     'dedicated_r101.py': [None, 'target=pascal_person_part', 'target=atr',
                           'target=cihp', 'target=lip',
                           'target=cihp,baseline', 'with_lip,init_from=/w',
@@ -150,26 +150,6 @@ def test_every_config_parses_its_argument_with_the_one_parser(filename):
     module.get_config('baseline=1')
   with pytest.raises(ValueError, match="'baseline' given twice"):
     module.get_config('baseline,baseline')
-
-
-def test_argument_parser_types_and_domains():
-  known = {'flag': bool, 'name': str, 'count': int, 'either': str | None}
-  domains = ['synthetic_pascal', 'synthetic_cihp']
-  args = config_lib.parse_arg(' count=3, flag ,name=a=b,either', known,
-                              'f.py', domains)
-  assert args == {'count': 3, 'flag': True, 'name': 'a=b', 'either': None}
-  assert list(args) == ['count', 'flag', 'name', 'either']
-  assert config_lib.parse_arg('either=x,pascal', known, 'f.py', domains) == {
-      'either': 'x', 'domain': 'pascal'}
-  assert config_lib.parse_arg(None, known, 'f.py') == {}
-  for arg, match in (('count=x', 'not an integer'),
-                     ('name', 'needs a value'),
-                     ('lip', r"unknown argument 'lip'.*flag, name=<str>, "
-                      r'count=<int>, either\[=<str>\] or a domain of'),
-                     ('pascal', 'unknown argument')):
-    with pytest.raises(ValueError, match=match):
-      config_lib.parse_arg(arg, known, 'f.py',
-                           domains if arg != 'pascal' else ())
 
 
 @pytest.mark.parametrize('filename', [f for f in CONFIG_FILES

@@ -39,15 +39,6 @@ def _name(requirement: str) -> str:
   return re.sub(r'[-_.]+', '-', name).lower()
 
 
-def test_checkpoint_metadata_records_format_and_version(tmp_path):
-  helpers.write_workdir(str(tmp_path), 'baseline')
-  manager, step, meta = checkpointing.open_latest(str(tmp_path))
-  manager.close()
-  assert step == 3
-  assert meta['format'] == checkpointing.CHECKPOINT_FORMAT
-  assert meta['sst_jax_version'] == sst_jax.__version__
-
-
 def _format_2(meta):
   return {**meta, 'format': 2, 'sst_jax_version': '9.0.0'}
 

@@ -130,10 +130,10 @@ def test_cross_matrices_for_every_ordered_pair_change_with_s():
   def matrices(aux):
     def fn(module):
       sets = module.node_sets(aux, batch['label'], batch['domain'])
-      return module.cross(sets['nodes'][0], sets['s'], sets['present'])
+      return sets, module.cross(sets['nodes'][0], sets['s'], sets['present'])
     return sst_model.apply(sv, method=fn)
 
-  mats = matrices(aux)
+  _, mats = matrices(aux)
   assert len(mats) == 4                     # static + one per tap
   counts = [d.num_classes for d in domains]
   static = sst_model.apply(sv, method=sst_lib.SST.associations)
@@ -144,9 +144,40 @@ def test_cross_matrices_for_every_ordered_pair_change_with_s():
     assert m.shape == (zk, zj)
     np.testing.assert_allclose(np.asarray(m).sum(-1), 1.0, rtol=1e-5)
   moved = dict(aux, decoder=aux['decoder'] * 1.5 + 0.3)
-  again = matrices(moved)
+  sets, again = matrices(moved)
   np.testing.assert_array_equal(again[0], mats[0])  # static: no data
   assert float(jnp.max(jnp.abs(again[3] - mats[3]))) > 1e-4
+  # The perturbation also moves X_1..X_3: each dynamic matrix must be the
+  # one built from S_t (over domain j's present classes), not from X_t.
+  k, c = len(domains), max(counts)
+  for t in range(1, 4):
+    want = sst_lib.cross_matrices(sets['s'][t - 1], sets['present'][t - 1],
+                                  sst_model.cross_temperature)
+    np.testing.assert_allclose(again[t], want, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(
+        again[t], sst_lib.cross_matrices(sets['nodes'][t], sets['present'][
+            t - 1], sst_model.cross_temperature), atol=1e-3)
+    # Z_k x Z_j for every ordered pair: no weight on columns past Z_j.
+    m_t = np.asarray(again[t])
+    assert m_t.shape == (k, k, c, c)
+    for a in range(k):
+      for b in range(k):
+        if a == b:
+          continue
+        block = m_t[a, b, :counts[a], :counts[b]]
+        assert block.shape == (counts[a], counts[b])
+        assert (m_t[a, b, :, counts[b]:] == 0).all()
+        np.testing.assert_allclose(block.sum(-1), 1.0, rtol=1e-5)
+  # And the SM losses of the full module use those matrices.
+  (_, metrics), _ = _apply(sst_model, state, moved, batch, train_=False)
+  pairs = ~np.eye(k, dtype=bool)            # every domain is in the batch
+  for t in range(1, 4):
+    m_t = sst_lib.cross_matrices(sets['s'][t - 1], sets['present'][t - 1],
+                                 sst_model.cross_temperature)
+    rows = pairs[:, :, None] & np.asarray(sets['present'][t - 1])[:, None, :]
+    want = sst_lib.masked_mean(
+        sst_lib.mapping_distances(sets['nodes'][t], m_t), rows)
+    np.testing.assert_allclose(metrics[f'sst_sm{t}'], want, rtol=1e-5)
 
 
 def test_intra_matrix_is_learned_from_labels_and_row_normalized():
@@ -181,7 +212,7 @@ def test_mse_and_mst_losses_reach_the_backbone_not_the_heads(branch):
   def loss(parser_params):
     params = dict(state.params, parser=parser_params)
     total, (metrics, _) = steps.compute_losses(
-        params, state.model_state, batch, jax.random.key(0), model=model,
+        params, state.model_state, batch, model=model,
         sst_model=sst_model, domain_names=[d.name for d in domains], cfg=config)
     return total - metrics['ce']
 
@@ -198,12 +229,11 @@ def test_all_zero_weights_reproduce_the_baseline_loss_exactly():
   names = [d.name for d in domains]
   common = dict(model=model, domain_names=names, cfg=config)
   with_sst, (m1, _) = steps.compute_losses(
-      state.params, state.model_state, batch, jax.random.key(0),
-      sst_model=sst_model, **common)
+      state.params, state.model_state, batch, sst_model=sst_model, **common)
   baseline, (m2, _) = steps.compute_losses(
       {'parser': state.params['parser']},
       {'batch_stats': state.model_state['batch_stats']}, batch,
-      jax.random.key(0), sst_model=None, **common)
+      sst_model=None, **common)
   assert float(with_sst) == float(baseline)
   assert m1['sst_mse'] > 0 and m1['sst_mst'] > 0   # computed, weighted 0
 
@@ -216,24 +246,31 @@ def test_every_batch_holds_every_domain():
   assert config_lib.batch_groups(tiny.get_config('baseline'), {}) is None
   with config.unlocked():
     config.batch_size = 1
-  with pytest.raises(ValueError, match='fixed_batch'):
+  with pytest.raises(ValueError, match='batch_size=1 cannot hold'):
     config_lib.validate_config(config)
 
 
 def test_taps_and_options_are_checked():
+  """By config_lib.validate_config, naming the field; make_sst builds."""
   config = tiny.get_config('sst')
-  domains = config_lib.validate_config(config)
+  for field, good in (('intra', 'adjacency'), ('intra', 'learned'),
+                      ('mst_stop_gradient', 'none'),
+                      ('mst_stop_gradient', 'mapped')):
+    with config.unlocked():
+      config.sst[field] = good
+    domains = config_lib.validate_config(config)
+    assert isinstance(sst_lib.make_sst(config, domains), sst_lib.SST)
   for field, bad in (('taps', ('context', 'decoder')),
                      ('taps', ('context', 'res3', 'decoder')),
-                     ('intra', 'graph'), ('mst_stop_gradient', 'both')):
+                     ('intra', 'graph'), ('intra', 'identity'),
+                     ('mst_stop_gradient', 'both')):
     with config.unlocked():
       saved = config.sst[field]
       config.sst[field] = bad
     with pytest.raises(ValueError, match=f'config.sst.{field}'):
-      sst_lib.make_sst(config, domains)
+      config_lib.validate_config(config)
     with config.unlocked():
       config.sst[field] = saved
-  assert isinstance(sst_lib.make_sst(config, domains), sst_lib.SST)
 
 
 def test_extending_with_a_new_domain_keeps_old_parameters(tmp_path):

@@ -89,25 +89,3 @@ def test_saved_with_8_devices_read_with_1_and_4(tmp_path):
     out = tmp_path / f'read{devices}.npz'
     _probe(devices, 'read', workdir, tmp_path / f'read{devices}', out)
     _assert_same_reads(_load(out), dict(reference), 8, devices)
-
-
-def test_restore_without_target_gives_host_arrays(tmp_path):
-  """Host restore: numpy leaves, the saved tree, no device placement."""
-  import jax
-  from sst_jax import checkpointing
-  from sst_jax import parallel
-  mesh = parallel.make_mesh()
-  state = jax.device_put({'params': {'w': np.arange(6.0).reshape(2, 3)},
-                          'step': np.int32(5)}, parallel.replicated(mesh))
-  manager = checkpointing.make_manager(str(tmp_path), async_save=False)
-  checkpointing.save(manager, 5, state, {'next_index': 5}, {'domains': []})
-  manager.wait_until_finished()
-  host = checkpointing.restore(manager, 5)['state']
-  assert isinstance(host['params']['w'], np.ndarray)
-  np.testing.assert_array_equal(host['params']['w'],
-                                np.arange(6.0).reshape(2, 3))
-  one = jax.sharding.SingleDeviceSharding(jax.devices()[3])
-  placed = checkpointing.restore(manager, 5, sharding=one)['state']
-  assert placed['params']['w'].sharding == one
-  assert int(placed['step']) == 5
-  manager.close()

@@ -1,4 +1,7 @@
-"""Training: multi-device equivalence, exact resume, checkpoint refusal, outputs."""
+"""Training: exact resume, checkpoint refusal, outputs, compilation ahead.
+
+(The train step itself, e.g. 8 devices = 1 device: tests/test_steps.py.)
+"""
 
 import contextlib
 import functools
@@ -12,6 +15,7 @@ import numpy as np
 import pytest
 
 import helpers
+from helpers import assert_trees_close
 from sst_jax import checkpointing
 from sst_jax import config_lib
 from sst_jax import domains as domains_lib
@@ -61,27 +65,9 @@ def load_state(workdir, step=None):
   return checkpointing.restore(manager, step)['state']
 
 
-def assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
-  la = jax.tree_util.tree_leaves_with_path(a)
-  lb = jax.tree.leaves(b)
-  assert len(la) == len(lb)
-  for (path, x), y in zip(la, lb):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol,
-                               atol=atol, err_msg=jax.tree_util.keystr(path))
-
-
-def tiny_setup(arg='sst'):
-  """A tiny config, its domain names, models, optimizer and state."""
-  config = helpers.tiny_config(arg)
-  domains = config_lib.validate_config(config)
-  model, sst_model = recipe.build_models(config, domains)
-  tx = optim.make_optimizer(config.optim, config.total_steps)
-  state = recipe.init_train_state(jax.random.key(0), model=model,
-                                 sst_model=sst_model, tx=tx, image_size=32)
-  return config, [d.name for d in domains], model, sst_model, tx, state
-
-
+@pytest.mark.platform_behaviour
 def test_cheaply_compiled_initialization_is_bitwise_the_default():
+  """XLA:CPU behaviour: init compiled at level 1 equals level 2 bit for bit."""
   config = helpers.tiny_config('sst')
   domains = config_lib.validate_config(config)
   model, sst_model = recipe.build_models(config, domains)
@@ -171,64 +157,6 @@ def test_initial_state_is_computed_ahead_from_its_arguments(monkeypatch):
                                   err_msg=jax.tree_util.keystr(path))
 
 
-def test_train_step_8_devices_equals_1_device():
-  config, names, model, sst_model, tx, state = tiny_setup()
-  ds = pipeline.train_dataset(names, config.data, 8, seed=0)
-  batch = ds[0]
-  assert set(batch['domain']) == {0, 1}, 'the batch should mix both domains'
-  results = []
-  for n in (8, 1):
-    mesh = parallel.make_mesh(n)
-    repl = parallel.replicated(mesh)
-    step = jax.jit(functools.partial(
-        steps.train_step, model=model, sst_model=sst_model, tx=tx,
-        domain_names=names, cfg=config),
-        in_shardings=(repl, parallel.data_sharding(mesh), repl),
-        out_shardings=(repl, repl))
-    new_state, metrics = step(jax.device_put(state, repl),
-                              parallel.shard_batch(batch, mesh),
-                              jax.device_put(jax.random.key(1), repl))
-    results.append(jax.device_get((new_state.params, new_state.model_state,
-                                   metrics['loss'])))
-  (p8, s8, l8), (p1, s1, l1) = results
-  assert l8 == pytest.approx(l1, rel=1e-5)
-  assert_trees_close(p8, p1)
-  assert_trees_close(s8, s1)
-  # The step changed the parameters (so the comparison is not vacuous).
-  before = jax.device_get(state.params)
-  assert not np.allclose(before['parser']['head_synthetic_pascal']['kernel'],
-                         p8['parser']['head_synthetic_pascal']['kernel'])
-
-
-def test_nonfinite_loss_skips_the_update_and_finite_loss_applies_it():
-  config, names, model, sst_model, tx, state = tiny_setup('baseline')
-  step = jax.jit(functools.partial(
-      steps.train_step, model=model, sst_model=sst_model, tx=tx,
-      domain_names=names, cfg=config))
-  batch = pipeline.train_dataset(names, config.data, 4, seed=0)[0]
-  bad = dict(batch, image=np.where(np.arange(32)[:, None, None] == 5, np.nan,
-                                   batch['image']).astype(np.float32))
-  before = jax.device_get(state)
-  skipped, metrics = step(state, bad, jax.random.key(1))
-  assert float(metrics['nonfinite']) == 1.0
-  assert int(skipped.step) == int(state.step) + 1
-  for part in ('params', 'opt_state', 'model_state'):
-    for x, y in zip(jax.tree.leaves(getattr(before, part)),
-                    jax.tree.leaves(jax.device_get(getattr(skipped, part)))):
-      np.testing.assert_array_equal(y, x, err_msg=part)
-  applied, metrics = step(state, batch, jax.random.key(1))
-  assert float(metrics['nonfinite']) == 0.0
-  for part in ('params', 'opt_state', 'model_state'):
-    leaves = zip(jax.tree.leaves(getattr(before, part)),
-                 jax.tree.leaves(jax.device_get(getattr(applied, part))))
-    assert any(np.asarray(x).dtype.kind == 'f' and not np.array_equal(x, y)
-               for x, y in leaves), part
-
-
-class Interrupt(Exception):
-  pass
-
-
 def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path,
                                                            monkeypatch):
   config = helpers.tiny_config(total_steps=6, checkpoint_every=3, eval_every=0,
@@ -304,7 +232,7 @@ def test_init_backbone_from_imagenet_weights(tmp_path):
   domains = config_lib.validate_config(config)
   model, _ = recipe.build_models(config, domains)
   target = pretrained.abstract_variables(model, (32, 32))
-  shapes = pretrained.expected_torch_shapes(target,
+  shapes = helpers.expected_torch_shapes(target,
                                             pretrained.resnet_name_fn())
   rng = np.random.default_rng(0)
   state_dict = {k: rng.normal(size=s).astype(np.float32)
@@ -363,95 +291,6 @@ def test_dedicated_aux_rows_join_every_target_batch(tmp_path, monkeypatch):
     config_lib.validate_config(config)
 
 
-def test_final_crop_phase_switches_and_resumes_exactly(tmp_path, monkeypatch):
-  config = helpers.tiny_config(total_steps=4, checkpoint_every=2, eval_every=0,
-                       async_checkpoints=False,
-                       **{'data.final_crop_size': 24,
-                          'data.final_crop_steps': 2})
-  assert config_lib.final_crop_start(config) == 2
-  original = pipeline.train_iterator
-  served = []
-
-  def recording(stop_after=None):
-    def make(*args, **kwargs):
-      it = original(*args, **kwargs)
-
-      class Recorded:
-
-        def __next__(self):
-          if len(served) == stop_after:
-            raise Interrupt()
-          batch = next(it)
-          served.append(batch['image'].shape[1])
-          return batch
-
-        def get_state(self):
-          return it.get_state()
-
-      return Recorded()
-    return make
-
-  full = str(tmp_path / 'full')
-  monkeypatch.setattr(pipeline, 'train_iterator', recording())
-  with recorded_compilations() as compiles:
-    train.train_and_evaluate(config, full)
-  assert served == [32, 32, 24, 24]
-  # Both phases' steps were compiled ahead, in the background thread, and
-  # the switch found the second one ready instead of compiling it again.
-  step_compiles = [c for c in compiles if c.startswith('jit(train_step) ')]
-  assert len(step_compiles) == 4, compiles  # lowering + XLA, per phase
-  assert all('[compile' in c for c in step_compiles), step_compiles
-
-  # Interrupted after the first step of the final phase, then resumed from the
-  # checkpoint at the switch: the same parameters as the uninterrupted run.
-  resumed = str(tmp_path / 'resumed')
-  served.clear()
-  monkeypatch.setattr(pipeline, 'train_iterator', recording(stop_after=3))
-  with pytest.raises(Interrupt):
-    train.train_and_evaluate(config, resumed)
-  assert checkpointing.make_manager(resumed).latest_step() == 2
-  served.clear()
-  monkeypatch.setattr(pipeline, 'train_iterator', recording())
-  train.train_and_evaluate(config, resumed)
-  assert served == [24, 24]
-  a, b = load_state(full, 4), load_state(resumed, 4)
-  assert_trees_close(a['params'], b['params'], rtol=1e-6, atol=1e-7)
-
-  with config.unlocked():
-    config.data.final_crop_steps = 5
-  with pytest.raises(ValueError, match='final_crop_steps in'):
-    config_lib.validate_config(config)
-  with config.unlocked():
-    config.data.final_crop_steps = 2
-    config.data.crop_width = -8
-  with pytest.raises(ValueError, match='crop_width >= 0'):
-    config_lib.validate_config(config)
-
-
-def test_learning_rate_restart():
-  """optim.restart_*: the base schedule, then warm-up to restart_lr, decay."""
-  cfg = config_lib.base_config().optim
-  cfg.update(schedule='cosine', lr=1e-2, warmup_steps=5, restart_steps=10,
-             restart_lr=2e-3, restart_warmup_steps=4)
-  lr = optim.learning_rate_schedule(cfg, 30)
-  plain = cfg.copy_and_resolve_references()
-  plain.restart_steps = 0
-  base = optim.learning_rate_schedule(plain, 20)
-  np.testing.assert_allclose([lr(s) for s in range(20)],
-                             [base(s) for s in range(20)], rtol=1e-6)
-  assert float(lr(19)) < 2e-4  # the base schedule has decayed by then
-  np.testing.assert_allclose([lr(s) for s in (20, 22, 24, 30)],
-                             [0.0, 1e-3, 2e-3, 0.0], atol=1e-9)
-  tail = np.array([lr(s) for s in range(24, 31)])
-  assert np.all(np.diff(tail) < 0)
-  for key, value in (('restart_steps', 30), ('restart_lr', 0.0),
-                     ('restart_warmup_steps', 10)):
-    bad = cfg.copy_and_resolve_references()
-    bad[key] = value
-    with pytest.raises(ValueError, match='optim.restart_'):
-      optim.learning_rate_schedule(bad, 30)
-
-
 def test_train_step_is_compiled_before_the_first_batch():
   """The step compiled from the batch spec serves the real batches as is."""
   config = helpers.tiny_config('baseline')
@@ -459,16 +298,15 @@ def test_train_step_is_compiled_before_the_first_batch():
   domains, model, sst_model, tx, state = replicated_setup(config, mesh)
   names = [d.name for d in domains]
   lr_fn = optim.learning_rate_schedule(config.optim, config.total_steps)
-  rng = parallel.constant(lambda: jax.random.key(1), mesh)
   step = train.jit_train_step(config, model, sst_model, tx, names, lr_fn,
                               mesh)
   batch = pipeline.train_dataset(names, config.data, 4, seed=0)[0]
   spec = pipeline.train_batch_spec(config.data, 4)
   assert {k: (v.shape, v.dtype) for k, v in batch.items()} == spec
-  train.precompile_train_step(step, state, rng, spec, mesh)
+  train.precompile_train_step(step, state, spec, mesh)
 
   with recorded_compilations() as compiles:
-    state, _ = step(state, parallel.shard_batch(batch, mesh), rng)
+    state, _ = step(state, parallel.shard_batch(batch, mesh))
     jax.block_until_ready(state)
     assert not compiles, 'the first real batch compiled the step again'
     # The listener does see compilations.

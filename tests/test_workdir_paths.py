@@ -15,7 +15,6 @@ import sys
 from etils import epath
 from etils.epath import testing as epath_testing
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 import helpers
@@ -66,26 +65,10 @@ def gcs(tmp_path, monkeypatch):
   assert not os.listdir(cwd), 'a gs:// path was used as a local path'
 
 
-def test_gcs_checkpoints_commit_with_a_commit_file(tmp_path):
-  gcs = checkpointing.manager_options('gs://bucket/run/checkpoints')
-  local = checkpointing.manager_options(tmp_path / 'checkpoints')
-  if hasattr(gcs, 'atomicity_options'):
-    assert gcs.atomicity_options.mode == ocp.options.AtomicityMode.COMMIT_FILE
-    assert local.atomicity_options is None  # orbax's default: rename
-  else:
-    assert gcs.temporary_path_class is (
-        ocp.path.atomicity.CommitFileTemporaryPath)
-  assert local.temporary_path_class is None
-  assert str(checkpointing.workdir_path('gs://bucket/run')) == (
-      'gs://bucket/run')
-  rel = checkpointing.workdir_path('run')
-  assert rel.is_absolute() and str(rel) == os.path.join(os.getcwd(), 'run')
-
-
 def test_metrics_config_and_pictures_reach_a_gs_workdir(gcs):
   workdir = 'gs://bucket/run'
   metrics = gcs / 'bucket' / 'run' / 'metrics.jsonl'
-  writer = writers.MetricWriter(workdir, enabled=True)
+  writer = writers.MetricWriter(workdir)
   writer.write(1, 'train', {'loss': 1.5})
   writer.flush()
   assert [json.loads(l)['step'] for l in metrics.read_text().splitlines()] == [
@@ -94,7 +77,7 @@ def test_metrics_config_and_pictures_reach_a_gs_workdir(gcs):
   writer.close()
   writer.close()  # a second close does nothing
   # A resumed run adds to the object instead of replacing it.
-  writer = writers.MetricWriter(workdir, enabled=True)
+  writer = writers.MetricWriter(workdir)
   writer.write(3, 'eval', {'synthetic_pascal': {'miou': 0.5}})
   writer.close()
   records = [json.loads(l) for l in metrics.read_text().splitlines()]
@@ -140,3 +123,27 @@ def test_export_and_parser_load_on_gs(gcs, tmp_path):
   with pytest.raises(FileNotFoundError, match='not a training workdir'):
     api.Parser.load('gs://bucket/nothing')
   assert epath.Path('gs://bucket/export/params.npz').exists()
+
+
+@pytest.mark.parametrize('ext', ['npz', 'safetensors', 'pth'])
+def test_weight_files_are_read_from_gs(gcs, ext):
+  from sst_jax.models import pretrained  # pylint: disable=g-import-not-at-top
+  weights = {'conv1.weight': np.arange(24, dtype=np.float32).reshape(2, 3, 4),
+             'bn1.running_mean': np.ones(2, np.float32)}
+  local = gcs / 'bucket' / f'weights.{ext}'
+  local.parent.mkdir(parents=True)
+  if ext == 'npz':
+    np.savez(local, **weights)
+  elif ext == 'safetensors':
+    st_numpy = pytest.importorskip('safetensors.numpy')
+    st_numpy.save_file(weights, str(local))
+  else:
+    torch = pytest.importorskip('torch')
+    torch.save({'state_dict': {f'module.{k}': torch.from_numpy(v)
+                               for k, v in weights.items()}}, local)
+  read = pretrained.load_torch_state_dict(f'gs://bucket/weights.{ext}')
+  assert sorted(read) == sorted(weights)
+  for name, value in weights.items():
+    np.testing.assert_array_equal(read[name], value)
+  with pytest.raises(FileNotFoundError, match='gs://bucket/missing.npz'):
+    pretrained.load_torch_state_dict('gs://bucket/missing.npz')

@@ -1,8 +1,8 @@
 """Per-domain streams -> mixing -> batches with domain ids (grain).
 
 Training: each domain's source is shuffled and repeated with its own seed,
-the streams are mixed with ``config.data.mix`` weights (or one domain per
-batch with ``batching='per_domain'``), augmented with a per-example RNG
+the streams are mixed with ``config.data.mix`` weights (or in a fixed batch
+composition, ``config_lib.batch_groups``), augmented with a per-example RNG
 derived from the seed and the example's position, and batched. The dataset
 is random access, so a batch is a pure function of (seed, step): the
 iterator state is one integer and resuming continues exactly, with any
@@ -23,6 +23,7 @@ from absl import flags
 import grain
 import numpy as np
 
+from sst_jax import config_lib
 from sst_jax import domains as domains_lib
 from sst_jax.data import sources as sources_lib
 from sst_jax.data import transforms
@@ -90,24 +91,18 @@ def train_dataset(domain_names: Sequence[str], data_cfg, global_batch: int,
     groups: optional fixed batch composition, ``[(mix, rows), ...]``: every
       global batch is the concatenation of ``rows`` samples drawn from each
       group's mixture (``mix`` maps domain -> weight). The rows must add up
-      to ``global_batch``. Default: one group, ``data_cfg.mix`` (weight 1
-      for a domain it leaves out) over all ``global_batch`` rows.
+      to ``global_batch``. Default: one group, ``data_cfg.mix``
+      (``config_lib.mix_weights``) over all ``global_batch`` rows.
+
+  ``data_cfg`` is that of a config ``config_lib.validate_config`` accepts.
   """
   if global_batch % process_count:
     raise ValueError(f'batch size {global_batch} does not split over '
                      f'{process_count} processes')
   local = global_batch // process_count
-  mix = dict(data_cfg.mix) if data_cfg.mix else {}
-  unknown = set(mix) - set(domain_names)
-  if unknown:
-    raise ValueError(f'config.data.mix names domains not in config.domains: '
-                     f'{sorted(unknown)}')
   if groups is None:
-    groups = [({n: float(mix.get(n, 1.0)) for n in domain_names},
+    groups = [(config_lib.mix_weights(data_cfg.mix or {}, domain_names),
                global_batch)]
-  elif data_cfg.batching != 'mixed':
-    raise ValueError('a fixed batch composition needs '
-                     f"config.data.batching='mixed', got {data_cfg.batching!r}")
   if sum(rows for _, rows in groups) != global_batch or any(
       rows < 1 for _, rows in groups):
     raise ValueError(f'batch composition {[r for _, r in groups]} does not '
@@ -119,11 +114,6 @@ def train_dataset(domain_names: Sequence[str], data_cfg, global_batch: int,
     if unknown:
       raise ValueError(f'batch composition names {unknown[0]!r}, not one of '
                        f'config.domains {list(domain_names)}')
-    if not any(float(w) > 0 for w in group_mix.values()):
-      raise ValueError('config.data.mix gives every domain weight 0')
-  if data_cfg.batching not in ('mixed', 'per_domain'):
-    raise ValueError("config.data.batching must be 'mixed' or 'per_domain', "
-                     f'got {data_cfg.batching!r}')
   # Every check is done: start rendering the synthetic caches on all cores.
   to_render = [n for n in domain_names
                if any(float(m.get(n, 0.0)) > 0 for m, _ in groups)]
@@ -152,13 +142,6 @@ def train_dataset(domain_names: Sequence[str], data_cfg, global_batch: int,
     mixtures.append(([stream(n) for n, _ in used], [w for _, w in used],
                      rows))
 
-  if data_cfg.batching == 'per_domain':
-    # Graphonomy protocol: every global batch holds a single domain.
-    streams, weights, _ = mixtures[0]
-    batched = [s.batch(global_batch, batch_fn=_stack) for s in streams]
-    mixed = grain.MapDataset.mix(batched, weights)
-    lo = process_index * local
-    return mixed.map(lambda b: {k: v[lo:lo + local] for k, v in b.items()})
   parts = [(grain.MapDataset.mix(streams, weights), rows)
            for streams, weights, rows in mixtures]
   if len(parts) == 1 and process_count == 1:
@@ -250,7 +233,7 @@ def train_iterator(dataset: grain.MapDataset, data_cfg, start_step: int = 0,
   """Prefetching iterator over batches ``[start_step, stop_step)``.
 
   ``stop_step`` (None: no end) keeps the read-ahead from building batches
-  past the end of a training phase (``train.train_and_evaluate``).
+  past the last training step (``train.train_and_evaluate``).
   """
   return TrainIterator(dataset, data_cfg, start_step, stop_step)
 

@@ -79,7 +79,8 @@ class CachedSource:
   # Renders started ahead by ``prefetch``: key -> subprocess.
   _pending: dict = {}
   # Synthetic splits at least this long render in a separate process
-  # (``synthetic.render_split``); a process start costs about 0.2 s.
+  # (``synthetic.render_split``): shorter ones render faster than a process
+  # starts.
   subprocess_min_examples = 256
 
   def __init__(self, source, key):

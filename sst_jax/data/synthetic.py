@@ -1012,7 +1012,7 @@ def render_example(domain: str, rng: np.random.Generator,
   # Global lighting and sensor noise.
   image = canvas.colour(backdrop)
   image = image * rng.uniform(0.8, 1.15) + rng.uniform(-20, 20)
-  # Uniform sensor noise (sd 2..8): random bytes are ~10x cheaper than
+  # Uniform sensor noise (sd 2..8): random bytes cost far less to draw than
   # normal samples and look the same.
   noise = np.frombuffer(rng.bytes(image.size), np.uint8).reshape(image.shape)
   image += (noise.astype(np.float32) - 127.5) * (_uniform(rng, (2, 8)) / 73.9)

@@ -14,12 +14,16 @@ in a form that runs faster:
   upsampled inputs that mixes the small inputs' channels before upsampling
   them: far fewer FLOPs on any backend.
 
-:func:`for_backend` picks them once, where a model is built
-(``parser.make_parser``, ``pretrained.import_schp``); the modules receive
-them as arguments (an :class:`Implementations`) and never ask which backend
-they are traced for. ``Implementations()`` holds the plain forms: what each
-path is tested and benchmarked against, and what modules built from keyword
-arguments run unless given others.
+The rule, stated here only: every library constructor
+(``parser.ParsingNetwork``, ``resnet.ResNet``, ``schp.AugmentCE2P``,
+``parser.make_parser``, ``pretrained.import_schp``, ``recipe.build_models``)
+defaults to the plain forms, ``Implementations()``: what each path is tested
+and benchmarked against. The entry points (training, evaluation,
+prediction, export, ``sst_jax.Parser``, the benchmarks) pass the backend's
+speed paths explicitly, ``sst_jax.recipe.speed_paths()``, which calls
+:func:`for_backend` once where the model is built. The modules receive them
+as arguments (an :class:`Implementations`) and never ask which backend they
+are traced for.
 """
 
 from __future__ import annotations

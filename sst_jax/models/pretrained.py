@@ -28,6 +28,7 @@ computes what SCHP's layer computes.
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 import os
 import re
@@ -36,6 +37,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import traverse_util
 
 from sst_jax import domains
@@ -217,7 +219,8 @@ def _unwrap(obj: Any, source: str) -> StateDict:
   return out
 
 
-def _torch_load(path: str, weights_only: bool) -> Any:
+def _torch_load(path: str, weights_only: bool, source=None) -> Any:
+  """``torch.load`` of ``source`` (default: the file at ``path``)."""
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError:
@@ -225,7 +228,8 @@ def _torch_load(path: str, weights_only: bool) -> Any:
         f'reading {path} needs PyTorch: pip install sst_jax[torch] (or convert '
         'the file once to .safetensors/.npz, which need no PyTorch)') from None
   try:
-    return torch.load(path, map_location='cpu', weights_only=weights_only)
+    return torch.load(path if source is None else source, map_location='cpu',
+                      weights_only=weights_only)
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(
         f'{path}: cannot be read by torch.load(weights_only={weights_only}): '
@@ -242,7 +246,8 @@ def load_torch_state_dict(path: PathLike, *,
   ``module.`` prefix (``nn.DataParallel``) is stripped from every name.
 
   Args:
-    path: the checkpoint file.
+    path: the checkpoint file; a remote path (``gs://...``) is read through
+      ``etils.epath``.
     weights_only: passed to ``torch.load``; keep True for untrusted files.
 
   Returns:
@@ -254,9 +259,11 @@ def load_torch_state_dict(path: PathLike, *,
     ValueError: on an unknown extension or unreadable content.
   """
   path = os.fspath(path)
-  if not os.path.isfile(path):
+  if not epath.Path(path).is_file():
     raise FileNotFoundError(f'checkpoint not found: {path}')
   ext = path.lower()
+  # A local file is read where it lies; a remote one once into memory.
+  data = None if '://' not in path else epath.Path(path).read_bytes()
   if ext.endswith('.safetensors'):
     try:
       # pylint: disable-next=g-import-not-at-top
@@ -264,12 +271,16 @@ def load_torch_state_dict(path: PathLike, *,
     except ImportError:
       raise ImportError(f'reading {path} needs safetensors: '
                         'pip install safetensors') from None
-    return _unwrap(st_numpy.load_file(path), path)
+    return _unwrap(st_numpy.load_file(path) if data is None
+                   else st_numpy.load(data), path)
   if ext.endswith('.npz'):
-    with np.load(path, allow_pickle=False) as f:
+    with np.load(path if data is None else io.BytesIO(data),
+                 allow_pickle=False) as f:
       return _unwrap({k: f[k] for k in f.files}, path)
   if ext.endswith(('.pth', '.pt', '.tar', '.bin', '.ckpt')):
-    return _unwrap(_torch_load(path, weights_only), path)
+    return _unwrap(_torch_load(path, weights_only,
+                               None if data is None else io.BytesIO(data)),
+                   path)
   raise ValueError(f'{path}: unknown checkpoint format; expected .pth, .pt, '
                    '.safetensors or .npz')
 
@@ -348,14 +359,6 @@ def _name_table(target_variables: Mapping[str, Any],
                            f'{"/".join(table[name])}, {"/".join(key)}')
     table[name] = key
   return table
-
-
-def expected_torch_shapes(target_variables: Mapping[str, Any],
-                          name_fn: NameFn) -> dict[str, tuple[int, ...]]:
-  """The PyTorch state dict (names and shapes) a target tree would accept."""
-  flat = traverse_util.flatten_dict(dict(target_variables))
-  return {name: _flax_shape_to_torch(flat[key].shape, key[-1])
-          for name, key in _name_table(target_variables, name_fn).items()}
 
 
 def import_state_dict(
@@ -716,8 +719,9 @@ def import_schp(
       registered domain with the checkpoint's class count.
     dtype: computation dtype of the returned module.
     weights_only: passed to ``torch.load`` for ``.pth`` files.
-    implementations: what the module runs; by default the speed paths of
-      the backend it is built on (``fast_paths.for_backend``).
+    implementations: what the module runs (``fast_paths``); None: the
+      plain forms. Entry points pass the backend's speed paths
+      (``recipe.speed_paths()``).
 
   Returns:
     ``(module, variables)`` with ``variables = {'params', 'batch_stats'}``.

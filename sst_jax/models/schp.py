@@ -149,9 +149,9 @@ class AugmentCE2P(nn.Module):
     implementations: what the backbone's convolutions and residual ReLUs
       run (``fast_paths.Implementations``; its ``concat_conv`` is unused:
       the heads mirror SCHP's layers as written). Same parameters and
-      outputs with any; the default is the plain forms, and
-      ``pretrained.import_schp`` passes the backend's
-      (``fast_paths.for_backend``).
+      outputs with any; the default is the plain forms, and the entry
+      points pass the backend's (``recipe.speed_paths()``, through
+      ``pretrained.import_schp``).
   """
   num_classes: dict[str, int]
   backbone: str = 'resnet101'

@@ -1,7 +1,8 @@
 """MSA, MSE and MST as the paper's figures draw them (training only).
 
 ``docs/method.md`` separates what the figures show from what is
-reconstructed here; every reconstructed choice is a field of ``config.sst``.
+reconstructed here; every reconstructed choice is a field of ``config.sst``
+except the few fixed in the code that it lists (under MST).
 
 Notation: ``K`` label domains, domain k with ``Z_k`` classes, class axes
 padded to ``C = max Z_k`` (padded slots are masked everywhere), ``D`` the
@@ -62,22 +63,6 @@ def masked_softmax(logits: jnp.ndarray, key_mask: jnp.ndarray) -> jnp.ndarray:
   logits = jnp.where(key_mask, logits, NEG_INF)
   attn = jax.nn.softmax(logits, axis=-1)
   return jnp.where(jnp.any(key_mask, axis=-1, keepdims=True), attn, 0.0)
-
-
-def cooccurrence_prior(masks: jnp.ndarray, dilation: int) -> jnp.ndarray:
-  """Row-normalized spatial adjacency of ground-truth class masks.
-
-  ``prior[b, c, c'] ∝ sum_p dilate(mask_c)(p) mask_c'(p)``: how much of
-  class c's neighbourhood (``dilation`` pixels) class c' occupies.
-
-  Args:
-    masks: ``[B, h, w, C]`` soft ground-truth masks.
-
-  Returns:
-    ``[B, C, C]`` rows summing to 1 (0 rows for absent classes).
-  """
-  co = class_adjacency(masks, dilation)
-  return co / jnp.maximum(jnp.sum(co, axis=-1, keepdims=True), 1e-6)
 
 
 def class_adjacency(masks: jnp.ndarray, dilation: int) -> jnp.ndarray:
@@ -210,9 +195,8 @@ class SST(nn.Module):
     dim: node width D.
     taps: ``aux`` features of the parser used as MSA's three taps.
     intra: ``'adjacency'`` (EMA of the classes' spatial adjacency in the
-      labels), ``'learned'`` (a trainable matrix per domain) or
-      ``'identity'`` (no propagation between classes).
-    intra_dilation: neighbourhood (pixels of the finest tap) of adjacency.
+      labels) or ``'learned'`` (a trainable matrix per domain).
+    intra_dilation: neighbourhood (pixels of the last tap) of adjacency.
     intra_momentum: EMA momentum of the adjacency.
     temperature: of the cosine logits of the ``X_3 (x) F`` output.
     cross_temperature: of the cross-domain matrices' softmax.
@@ -270,7 +254,7 @@ class SST(nn.Module):
   def aggregate(self, aux, label, domain):
     """``S_t`` ``[K, C, D]`` and ``present_t`` ``[K, C]`` for every tap.
 
-    Also returns the finest tap's class masks ``[B, h, w, C]`` (the targets
+    Also returns the last tap's class masks ``[B, h, w, C]`` (the targets
     of ``L_mse`` and the source of the adjacency).
     """
     real = self.class_mask()[domain]                             # [B, C]
@@ -293,9 +277,6 @@ class SST(nn.Module):
 
   def intra_matrices(self, gt, domain, train: bool) -> jnp.ndarray:
     """Row-normalized ``Â^(k)`` ``[K, C, C]`` (padded rows and columns 0)."""
-    if self.intra == 'identity':
-      return jnp.stack([self._pad_rows(self._pad_rows(jnp.eye(c)).T).T
-                        for c in self.num_classes])
     if self.intra == 'learned':
       mats = [jax.nn.softmax(self.intra_logits[n], axis=-1)
               for n in self.domain_names]
@@ -358,7 +339,7 @@ class SST(nn.Module):
 
     Returns:
       ``{'s': [S_1..S_3], 'present': [..], 'nodes': [X_0..X_3], 'gt': the
-      finest tap's class masks, 'in_step': [K] domains in the batch}``.
+      last tap's class masks, 'in_step': [K] domains in the batch}``.
     """
     s, present, gt = self.aggregate(aux, label, domain)
     a_hat = self.intra_matrices(gt, domain, train)
@@ -441,25 +422,14 @@ class SST(nn.Module):
     return sets, pairs
 
 
-# The parser features (``aux``) that can serve as taps.
-TAPS = ('res2', 'res5', 'context', 'decoder_fuse1', 'decoder')
-
-
 def make_sst(config, domains):
-  """The SST module for ``config.sst``, or None when disabled."""
+  """The SST module for ``config.sst``, or None when disabled.
+
+  ``config_lib.validate_config`` checks the fields (taps, intra, ...).
+  """
   cfg = config.sst
   if not cfg.enabled:
     return None
-  unknown = [t for t in cfg.taps if t not in TAPS]
-  if unknown or len(cfg.taps) != 3:
-    raise ValueError(f'config.sst.taps must be three features of the parser '
-                     f'{TAPS}, got {tuple(cfg.taps)}')
-  if cfg.intra not in ('adjacency', 'learned', 'identity'):
-    raise ValueError("config.sst.intra must be 'adjacency', 'learned' or "
-                     f"'identity', got {cfg.intra!r}")
-  if cfg.mst_stop_gradient not in ('none', 'mapped'):
-    raise ValueError("config.sst.mst_stop_gradient must be 'none' or "
-                     f"'mapped', got {cfg.mst_stop_gradient!r}")
   return SST(
       domain_names=tuple(d.name for d in domains),
       num_classes=tuple(d.num_classes for d in domains),
