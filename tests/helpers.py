@@ -129,30 +129,67 @@ def tiny_config(arg='baseline', **overrides):
   return config
 
 
-def jit_train_setup(config):
-  """Domain names, the parser, a jit-initialized state and the jitted step.
+def train_parts(config):
+  """What training builds from ``config`` (the library's plain forms).
 
-  The step is ``steps.train_step`` under plain ``jax.jit`` (one device, no
-  donation).
+  Returns ``(domains, model, sst_model, tx, init_fn)``: the validated
+  domains, the parser, the SST module (or None), the optimizer and
+  ``init_fn``, a key -> a fresh train state for ``config``'s crops.
   """
   # pylint: disable=g-import-not-at-top
   import functools
   from sst_jax import config_lib
   from sst_jax import optim
   from sst_jax import recipe
-  from sst_jax import steps
   # pylint: enable=g-import-not-at-top
   domains = config_lib.validate_config(config)
-  names = [d.name for d in domains]
   model, sst_model = recipe.build_models(config, domains)
   tx = optim.make_optimizer(config.optim, config.total_steps)
-  state = jax.jit(functools.partial(
+  init_fn = functools.partial(
       recipe.init_train_state, model=model, sst_model=sst_model, tx=tx,
-      image_size=config.data.crop_size))(jax.random.key(0))
+      image_size=config.data.crop_size)
+  return domains, model, sst_model, tx, init_fn
+
+
+def jit_train_setup(config):
+  """Domain names, the parser, a jit-initialized state and the jitted step.
+
+  The step is ``steps.train_step`` under plain ``jax.jit`` (one device, no
+  donation).
+  """
+  import functools  # pylint: disable=g-import-not-at-top
+  from sst_jax import steps  # pylint: disable=g-import-not-at-top
+  domains, model, sst_model, tx, init_fn = train_parts(config)
+  names = [d.name for d in domains]
+  state = jax.jit(init_fn)(jax.random.key(0))
   step = jax.jit(functools.partial(
       steps.train_step, model=model, sst_model=sst_model, tx=tx,
       domain_names=names, cfg=config))
   return names, model, state, step
+
+
+def fake_schp_npz(path, domain: str, num_classes: int = 7):
+  """A random SCHP-layout state dict of a tiny SCHP network, saved as .npz.
+
+  ResNet-50 depth at width 4 with 8-wide heads; BatchNorm variances
+  positive. What ``Parser.load``/``--model=`` read as an SCHP checkpoint.
+  """
+  # pylint: disable=g-import-not-at-top
+  from sst_jax.models import pretrained
+  from sst_jax.models import schp
+  # pylint: enable=g-import-not-at-top
+  module = schp.AugmentCE2P(
+      num_classes={domain: num_classes}, backbone='resnet50', width=4,
+      context_features=8, edge_features=8, decoder_features=8,
+      skip_features=8, fusion_features=8)
+  shapes = expected_torch_shapes(
+      pretrained.abstract_variables(module), pretrained.schp_name_fn())
+  rng = np.random.default_rng(0)
+  state = {k: (rng.uniform(0.5, 1.5, s) if k.endswith('running_var')
+               else rng.normal(0, 0.3, s)).astype(np.float32)
+           for k, s in shapes.items()}
+  pretrained.save_npz(state, path)
+  return path
 
 
 def assert_trees_close(a, b, rtol=1e-5, atol=1e-6):

@@ -23,10 +23,7 @@ import numpy as np
 import pytest
 
 import helpers
-from sst_jax import config_lib
-from sst_jax import optim
 from sst_jax import parallel
-from sst_jax import recipe
 from sst_jax import steps
 from sst_jax import train
 from sst_jax.data import pipeline
@@ -133,14 +130,10 @@ def test_train_loop_makes_only_the_placement_and_metrics_transfers(tmp_path):
 def test_the_train_step_donates_the_state():
   config = helpers.tiny_config()
   mesh = parallel.make_mesh(2)
-  domains = config_lib.validate_config(config)
+  domains, model, sst_model, tx, init_fn = helpers.train_parts(config)
   names = [d.name for d in domains]
-  model, sst_model = recipe.build_models(config, domains)
-  tx = optim.make_optimizer(config.optim, config.total_steps)
-  state = jax.jit(functools.partial(
-      recipe.init_train_state, model=model, sst_model=sst_model, tx=tx,
-      image_size=32), out_shardings=parallel.replicated(mesh))(
-          jax.random.key(0))
+  state = jax.jit(init_fn, out_shardings=parallel.replicated(mesh))(
+      jax.random.key(0))
   step = train.jit_train_step(config, model, sst_model, tx, names, None, mesh)
   batch = parallel.shard_batch(
       pipeline.train_dataset(names, config.data, 8, seed=0)[0], mesh)
@@ -236,13 +229,9 @@ def reductions(jaxpr) -> collections.Counter:
 
 def test_bfloat16_computes_in_bfloat16_and_keeps_float32_state():
   config = helpers.tiny_config(dtype='bfloat16')
-  domains = config_lib.validate_config(config)
+  domains, model, sst_model, tx, init_fn = helpers.train_parts(config)
   names = [d.name for d in domains]
-  model, sst_model = recipe.build_models(config, domains)
-  tx = optim.make_optimizer(config.optim, config.total_steps)
-  state = jax.eval_shape(functools.partial(
-      recipe.init_train_state, model=model, sst_model=sst_model, tx=tx,
-      image_size=32), jax.random.key(0))
+  state = jax.eval_shape(init_fn, jax.random.key(0))
   for part in ('params', 'opt_state', 'model_state'):
     dtypes = {x.dtype for x in jax.tree.leaves(getattr(state, part))
               if jnp.issubdtype(x.dtype, jnp.floating)}

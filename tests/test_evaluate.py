@@ -183,19 +183,8 @@ def test_schp_checkpoint_is_scored_with_schp_preprocessing(tmp_path, capsys):
   from sst_jax import steps  # pylint: disable=g-import-not-at-top
   from sst_jax.models import layers  # pylint: disable=g-import-not-at-top
   from sst_jax.models import pretrained  # pylint: disable=g-import-not-at-top
-  from sst_jax.models import schp  # pylint: disable=g-import-not-at-top
-  module = schp.AugmentCE2P(
-      num_classes={'synthetic_pascal': 7}, backbone='resnet50', width=4,
-      context_features=8, edge_features=8, decoder_features=8,
-      skip_features=8, fusion_features=8)
-  shapes = helpers.expected_torch_shapes(
-      pretrained.abstract_variables(module), pretrained.schp_name_fn())
+  path = helpers.fake_schp_npz(tmp_path / 'schp.npz', 'synthetic_pascal')
   rng = np.random.default_rng(0)
-  state = {k: (rng.uniform(0.5, 1.5, s) if k.endswith('running_var')
-               else rng.normal(0, 0.3, s)).astype(np.float32)
-           for k, s in shapes.items()}
-  path = tmp_path / 'schp.npz'
-  pretrained.save_npz(state, path)
 
   # The evaluation input (ImageNet-normalized RGB) becomes SCHP's own.
   model = evaluate.load_model(str(path), 'synthetic_pascal')

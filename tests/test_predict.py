@@ -210,19 +210,7 @@ def test_cli_unknown_domain_lists_model_domains(model_dirs, tmp_path, capsys):
 
 def test_schp_checkpoint_file(tmp_path):
   """An SCHP-layout state dict (tiny widths, random) parses via --model."""
-  from sst_jax.models import pretrained  # pylint: disable=g-import-not-at-top
-  from sst_jax.models import schp  # pylint: disable=g-import-not-at-top
-  module = schp.AugmentCE2P(
-      num_classes={'pascal_person_part': 7}, backbone='resnet50', width=4,
-      context_features=8, edge_features=8, decoder_features=8,
-      skip_features=8, fusion_features=8)
-  shapes = helpers.expected_torch_shapes(
-      pretrained.abstract_variables(module), pretrained.schp_name_fn())
-  rng = np.random.default_rng(0)
-  state = {k: (rng.uniform(0.5, 1.5, s) if k.endswith('running_var')
-               else rng.normal(0, 0.3, s)).astype(np.float32)
-           for k, s in shapes.items()}
-  pretrained.save_npz(state, tmp_path / 'schp.npz')
+  helpers.fake_schp_npz(tmp_path / 'schp.npz', 'pascal_person_part')
   Image.fromarray(_photo(45, 30)).save(tmp_path / 'p.png')
   status = predict.main([f'--model={tmp_path / "schp.npz"}',
                          '--schp_domain=pascal_person_part', '--flip',

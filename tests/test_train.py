@@ -4,7 +4,6 @@
 """
 
 import contextlib
-import functools
 import json
 import os
 import sys
@@ -49,13 +48,9 @@ def recorded_compilations():
 
 def replicated_setup(config, mesh):
   """Domains, models, optimizer and a jit-initialized state replicated on mesh."""
-  domains = config_lib.validate_config(config)
-  model, sst_model = recipe.build_models(config, domains)
-  tx = optim.make_optimizer(config.optim, config.total_steps)
-  state = jax.jit(functools.partial(
-      recipe.init_train_state, model=model, sst_model=sst_model, tx=tx,
-      image_size=config.data.crop_size),
-                  out_shardings=parallel.replicated(mesh))(jax.random.key(0))
+  domains, model, sst_model, tx, init_fn = helpers.train_parts(config)
+  state = jax.jit(init_fn, out_shardings=parallel.replicated(mesh))(
+      jax.random.key(0))
   return domains, model, sst_model, tx, state
 
 
@@ -69,12 +64,7 @@ def load_state(workdir, step=None):
 def test_cheaply_compiled_initialization_is_bitwise_the_default():
   """XLA:CPU behaviour: init compiled at level 1 equals level 2 bit for bit."""
   config = helpers.tiny_config('sst')
-  domains = config_lib.validate_config(config)
-  model, sst_model = recipe.build_models(config, domains)
-  tx = optim.make_optimizer(config.optim, config.total_steps)
-  init_fn = functools.partial(
-      recipe.init_train_state, model=model, sst_model=sst_model, tx=tx,
-      image_size=config.data.crop_size)
+  *_, init_fn = helpers.train_parts(config)
   repl = parallel.replicated(parallel.make_mesh(1))
   rng = jax.random.key(3)
   want = jax.jit(init_fn, out_shardings=repl)(rng)
@@ -128,12 +118,7 @@ def test_initial_state_is_computed_ahead_from_its_arguments(monkeypatch):
   caller rebinds meanwhile), so frequent thread switches change nothing.
   """
   config = helpers.tiny_config('sst')
-  domains = config_lib.validate_config(config)
-  model, sst_model = recipe.build_models(config, domains)
-  tx = optim.make_optimizer(config.optim, config.total_steps)
-  init_fn = functools.partial(
-      recipe.init_train_state, model=model, sst_model=sst_model, tx=tx,
-      image_size=config.data.crop_size)
+  domains, _, _, tx, init_fn = helpers.train_parts(config)
   mesh = parallel.make_mesh(2)
   interval = sys.getswitchinterval()
   sys.setswitchinterval(1e-6)
